@@ -1,0 +1,60 @@
+"""Dispatcher of ``python -m maskdla.bench NAME``; see :mod:`maskdla.bench`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+from typing import Optional, Sequence
+
+import torch
+
+from maskdla.bench import BENCHMARKS
+from maskdla.cli import run_main
+
+
+def machine_description() -> str:
+    """One line naming the machine a benchmark ran on (CPU model and cores, GPU if used)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import os
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m maskdla.bench", description=__doc__)
+    subparsers = parser.add_subparsers(dest="benchmark", required=True, metavar="NAME")
+    modules = {}
+    for name, module_name in BENCHMARKS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # benchmark not written yet
+        modules[name] = module
+        sub = subparsers.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
+        sub.add_argument("--json", action="store_true",
+                         help="print the figures as one JSON object on the last line")
+        module.add_arguments(sub)
+    args = parser.parse_args(argv)
+    print(f"machine: {machine_description()}")
+    result = modules[args.benchmark].run(args)
+    if args.json:
+        result = dict(result, machine=machine_description())
+        print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

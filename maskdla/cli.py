@@ -1,0 +1,53 @@
+"""Shared plumbing of the command-line entry points (``python -m maskdla.X``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+from maskdla.errors import InputError
+
+#: Exit code for bad input (files, flags): argparse uses 2 for bad flags, we match it.
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]],
+             argv: Optional[Sequence[str]] = None) -> None:
+    """Run a CLI ``main(argv) -> exit code`` and exit with its code.
+
+    :class:`InputError` becomes one line ``maskdla: error: ...`` on stderr and exit code 2,
+    Ctrl-C exit code 130; neither prints a traceback. Anything else is a bug and keeps its
+    traceback.
+    """
+    try:
+        code = main(argv)
+    except InputError as error:
+        print(f"maskdla: error: {error}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("maskdla: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    sys.exit(code or 0)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value

@@ -1,0 +1,96 @@
+"""``build_model``: a torchvision Mask R-CNN on one of maskdla's backbones."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from maskdla.backbones import build_backbone
+from maskdla.data.resize import training_size
+
+#: convs in torchvision's (and detectron2's) mask head
+MASK_HEAD_CONVS = 4
+#: width of torchvision's two-layer box head (TwoMLPHead)
+BOX_HEAD_REPRESENTATION = 1024
+
+
+class PageTransform(GeneralizedRCNNTransform):
+    """torchvision's transform (normalise, resize, batch) that does not resize a page the
+    Dataset already delivered at one of the training sizes: resizing twice costs time and
+    blurs thin strokes (staff lines are 1-3 px at 800 px)."""
+
+    def resize(self, image: torch.Tensor, target: Optional[Dict[str, torch.Tensor]] = None
+               ) -> Tuple[torch.Tensor, Optional[Dict[str, torch.Tensor]]]:
+        height, width = image.shape[-2:]
+        for min_size in self.min_size:
+            if training_size(height, width, min_size, self.max_size) == (height, width):
+                return image, target
+        return super().resize(image, target)
+
+
+def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = None,
+                norm: Optional[str] = None, min_size: Union[int, Sequence[int]] = 800,
+                max_size: int = 1333, freeze_at: int = 0, fpn_channels: Optional[int] = None,
+                vovnet_version: int = 2, **maskrcnn_kwargs: Any) -> MaskRCNN:
+    """A torchvision ``MaskRCNN`` on backbone ``backbone``.
+
+    Args:
+        backbone: a name of :data:`maskdla.backbones.BACKBONES` (ValueError otherwise).
+        num_classes: classes including the background (3 region classes -> 4).
+        pretrained, norm, freeze_at, fpn_channels, vovnet_version: see
+            :func:`maskdla.backbones.build_backbone`.
+        min_size: short side at training (several: one picked per image) and test time
+            (the last one).
+        max_size: cap on the long side.
+        maskrcnn_kwargs: passed to torchvision's ``MaskRCNN`` (e.g.
+            ``box_detections_per_img``, ``rpn_batch_size_per_image``).
+
+    The FPN width (128 for vovnet19lite/slim) flows into the RPN, box and mask heads;
+    the mask head's convs take that width too, so "Lite" is light end to end.
+
+    In train mode the model takes ``images: list[Tensor[3, H, W]]`` and targets and returns
+    a dict of losses; in eval mode it returns per image ``boxes [N, 4]``, ``labels [N]``,
+    ``scores [N]`` and ``masks [N, 1, H, W]`` in the pixels of the images it was given.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+    fpn = build_backbone(backbone, norm=norm, pretrained=pretrained, freeze_at=freeze_at,
+                         fpn_channels=fpn_channels, vovnet_version=vovnet_version)
+    width = fpn.out_channels
+    min_sizes: Tuple[int, ...] = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    if width != 256 and "mask_predictor" not in maskrcnn_kwargs:
+        maskrcnn_kwargs.setdefault("mask_head", MaskRCNNHeads(width, [width] * MASK_HEAD_CONVS, 1))
+        maskrcnn_kwargs["mask_predictor"] = MaskRCNNPredictor(width, width, num_classes)
+    if "mask_predictor" in maskrcnn_kwargs:
+        # torchvision then wants every predictor given and num_classes None.
+        maskrcnn_kwargs.setdefault("box_predictor",
+                                   FastRCNNPredictor(BOX_HEAD_REPRESENTATION, num_classes))
+        classes_argument = None
+    else:
+        classes_argument = num_classes
+    model = MaskRCNN(fpn, num_classes=classes_argument, min_size=min_sizes, max_size=max_size,
+                     **maskrcnn_kwargs)
+    transform = model.transform
+    model.transform = PageTransform(min_sizes, max_size, transform.image_mean, transform.image_std,
+                                    size_divisible=transform.size_divisible,
+                                    fixed_size=transform.fixed_size)
+    return model
+
+
+def model_kwargs_from_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``build_model`` keywords a run's config (a plain dict) fixes: what must match
+    to load its checkpoint. ``pretrained`` is not among them: the checkpoint has the weights."""
+    return {
+        "norm": config["norm"],
+        "min_size": list(config.get("min_size") or [800]),
+        "max_size": int(config.get("max_size") or 1333),
+        "fpn_channels": config.get("fpn_channels"),
+        "vovnet_version": int(config.get("vovnet_version") or 2),
+    }
+
+
+__all__: List[str] = ["build_model", "PageTransform", "model_kwargs_from_config"]
