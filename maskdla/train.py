@@ -1,0 +1,703 @@
+"""Training: an epoch-native, distributed, resumable loop behind ``python -m maskdla.train``.
+
+Three ways in::
+
+    python -m maskdla.train --backbone vovnet39 --epochs 450 --data DATA
+    torchrun --nproc_per_node=2 -m maskdla.train --backbone vovnet39 --epochs 450 --data DATA
+    maskdla.train(TrainConfig(backbone="vovnet39", epochs=450, data="DATA"))
+
+The run is planned in epochs (:mod:`maskdla.schedule`) and stepped per iteration. A run
+folder holds config.json, log.jsonl, energy.csv, metrics.json, metrics_history.jsonl,
+summary.json, summary.md and the checkpoints (docs/training.md).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from maskdla import distributed
+from maskdla.backbones import BACKBONES, NORMS, default_norm, resolve_name
+from maskdla.checkpoint import load_checkpoint, save_checkpoint
+from maskdla.cli import non_negative_float, positive_int, run_main
+from maskdla.coco_eval import format_table
+from maskdla.data.dataset import Dataset, GroupedBatchSampler, aspect_ratio_groups, collate_fn
+from maskdla.data.synthetic import default_corpus
+from maskdla.energy import EnergyMeter, efficiency_row, format_duration, merge_node_summaries, should_measure
+from maskdla.errors import InputError
+from maskdla.eval import evaluate
+from maskdla.model import build_model, model_kwargs_from_config
+from maskdla.schedule import LR_STEP_PRESETS, SchedulePlan, build_scheduler, plan
+
+#: the total batch size the default LR (0.02) was tuned for in the study (450-epoch runs)
+LR_REFERENCE_BATCH = 2
+LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved in every checkpoint and in config.json.
+
+    Field names are the CLI flags with underscores (``--lr-steps`` -> ``lr_steps``).
+    """
+
+    backbone: str = "resnet50"
+    data: Optional[str] = None
+    train_ann: Optional[str] = None
+    train_images: Optional[str] = None
+    test_ann: Optional[str] = None
+    test_images: Optional[str] = None
+    classes: Optional[List[str]] = None
+    class_map: Optional[Dict[str, str]] = None
+    epochs: float = 450.0
+    batch_size: int = 2
+    lr: float = 0.02
+    scale_lr: bool = False
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_steps: str = "default"
+    gamma: float = 0.1
+    warmup_iters: int = 1000
+    min_size: List[int] = field(default_factory=lambda: [800])
+    max_size: int = 1333
+    norm: Optional[str] = None
+    pretrained: Optional[str] = None
+    freeze_at: int = 0
+    fpn_channels: Optional[int] = None
+    vovnet_version: int = 2
+    amp: Optional[str] = None
+    workers: int = 2
+    seed: int = 0
+    deterministic: bool = False
+    out: Optional[str] = None
+    resume: Optional[str] = None
+    checkpoint_every: float = 5.0
+    eval_every: float = 0.0
+    log_every: int = 20
+    device: Optional[str] = None
+    energy: bool = True
+    energy_interval: float = 1.0
+    price_per_kwh: float = 0.246
+    currency: str = "EUR"
+    synthetic_pages: int = 228
+    synthetic_train: int = 128
+    synthetic_width: int = 1000
+    #: stop, as if interrupted, after this many iterations (time-boxed jobs, tests);
+    #: the run stays resumable. Not part of the schedule.
+    stop_after_iterations: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        """From a plain dict (a checkpoint's or an experiment file's); unknown keys are an
+        error naming them and the valid fields."""
+        names = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"unknown training setting(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(names))}")
+        return cls(**values)
+
+    def validate(self) -> "TrainConfig":
+        """Check values a flag parser cannot; ValueError... no: InputError naming the flag."""
+        try:
+            resolve_name(self.backbone)
+        except ValueError as error:
+            raise InputError(f"--backbone: {error}") from None
+        if self.norm is not None and self.norm not in NORMS:
+            raise InputError(f"--norm {self.norm!r}: choose one of {', '.join(NORMS)}")
+        if self.amp is not None and self.amp not in ("off", "fp16", "bf16"):
+            raise InputError(f"--amp {self.amp!r}: choose off, fp16 or bf16")
+        if not self.epochs > 0 or not math.isfinite(self.epochs):
+            raise InputError(f"--epochs must be a positive number, got {self.epochs!r}")
+        if self.batch_size < 1 or self.max_size < 1 or not self.min_size or min(self.min_size) < 1:
+            raise InputError("--batch-size, --min-size and --max-size must be positive")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be positive, got {self.lr!r}")
+        if self.data and (self.train_ann or self.test_ann):
+            raise InputError("give either --data or --train-ann/--test-ann, not both")
+        if bool(self.train_ann) != bool(self.test_ann):
+            raise InputError("--train-ann and --test-ann go together")
+        if not 0 <= self.freeze_at <= 5:
+            raise InputError(f"--freeze-at must be between 0 and 5, got {self.freeze_at}")
+        try:
+            plan(self.epochs, 1, 1, 1, self.lr_steps)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/{resolve_name(self.backbone)}-{self.epochs:g}ep")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+def build_datasets(config: TrainConfig, *, train: bool = True) -> Tuple[Optional[Dataset], Dataset]:
+    """The run's (train, test) datasets; the train one only when ``train`` is True.
+
+    Sources, first match: ``data`` (dataset folder), ``train_ann``/``test_ann`` (COCO JSON),
+    else the embedded synthetic corpus (generated once, cached under ~/.cache/maskdla).
+    """
+    common = dict(classes=config.classes, class_map=config.class_map, max_size=config.max_size)
+    if config.train_ann or config.test_ann:
+        train_set = (Dataset.from_coco(config.train_ann, config.train_images, train=True,
+                                       min_size=tuple(config.min_size), **common)
+                     if train else None)
+        classes = train_set.classes if train_set else config.classes
+        test_set = Dataset.from_coco(config.test_ann, config.test_images,
+                                     min_size=config.min_size[-1], **dict(common, classes=classes))
+        return train_set, test_set
+    root = config.data
+    if not root:
+        root = str(default_corpus(pages=config.synthetic_pages, train=config.synthetic_train,
+                                  seed=0, width=config.synthetic_width))
+    train_set = (Dataset.from_folder(root, "train", train=True, min_size=tuple(config.min_size),
+                                     **common) if train else None)
+    classes = train_set.classes if train_set else config.classes
+    test_set = Dataset.from_folder(root, "test", min_size=config.min_size[-1],
+                                   **dict(common, classes=classes))
+    return train_set, test_set
+
+
+class EpochBatches:
+    """Batch sampler of one rank: a DistributedSampler (shuffled by seed and epoch, so the
+    order is reproducible) grouped by aspect ratio, that can start mid-epoch.
+
+    ``set_epoch(epoch, skip)`` before iterating: the epoch's first ``skip`` batches are
+    skipped without loading them (resuming a run killed mid-epoch).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, context: distributed.DistributedContext,
+                 seed: int):
+        sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank,
+                                     shuffle=True, seed=seed, drop_last=False)
+        self.batches = GroupedBatchSampler(sampler, aspect_ratio_groups(dataset.aspect_ratios()),
+                                           batch_size)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.batches.set_epoch(epoch)
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.skip
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for number, batch in enumerate(self.batches):
+            if number >= self.skip:
+                yield batch
+
+
+# --------------------------------------------------------------------------------------------
+# run state
+# --------------------------------------------------------------------------------------------
+
+def _rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(_plain(random.getstate()))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively: weights_only loading takes plain containers."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
+def _restore_rng(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # CUDA kernels without a deterministic version (roi_align backward) only warn.
+        torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InputError(f"--device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_amp(amp: Optional[str], device: torch.device) -> str:
+    """Default: bf16 on CUDA cards that support it, else off. fp16/bf16 need CUDA."""
+    if amp is None:
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    if amp != "off" and device.type != "cuda":
+        raise InputError(f"--amp {amp} needs a CUDA device; on {device.type} use --amp off")
+    return amp
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def _write_json(path: Path, data: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Train (or resume) the run ``config`` describes; evaluate on the test split at the end.
+
+    Returns the run's summary (also written to summary.json; metrics under "metrics").
+    Raises InputError for bad settings or data, TrainingDiverged on a NaN/inf loss.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    context = distributed.init_distributed(device.type)
+    if device.type == "cuda" and context.enabled:
+        device = torch.device("cuda", context.local_rank)
+    try:
+        return _train(config, device, context)
+    finally:
+        distributed.shutdown_distributed()
+
+
+def _train(config: TrainConfig, device: torch.device, context: distributed.DistributedContext
+           ) -> Dict[str, Any]:
+    amp = resolve_amp(config.amp, device)
+    config.norm = config.norm or default_norm(config.pretrained)
+    run_dir = config.run_dir
+    seed_everything(config.seed + context.rank, config.deterministic)
+
+    checkpoint = None
+    resume_path = _resume_path(config, run_dir)
+    if resume_path is not None:
+        checkpoint = load_checkpoint(resume_path)
+        _check_resumable(config, checkpoint, resume_path)
+
+    train_set, test_set = build_datasets(config)
+    classes = train_set.classes
+    schedule = plan(config.epochs, len(train_set), config.batch_size, context.world_size,
+                    config.lr_steps)
+    log = _printer(context)
+    log(f"run: {run_dir}  backbone: {config.backbone}  device: {device}  amp: {amp}")
+    log(schedule.describe())
+
+    model = build_model(config.backbone, num_classes=len(classes) + 1,
+                        pretrained=None if checkpoint else config.pretrained,
+                        freeze_at=config.freeze_at, **model_kwargs_from_config(config.to_dict()))
+    model.to(device)
+    if context.enabled:
+        if config.norm == "syncbn" and device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
+    bare_model = model.module if context.enabled else model
+
+    lr = config.lr * (schedule.total_batch_size / LR_REFERENCE_BATCH if config.scale_lr else 1)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    # Warmup is capped at a tenth of the run, so short runs are not all warmup.
+    warmup = min(config.warmup_iters, schedule.total_iterations // 10)
+    scheduler = build_scheduler(optimizer, schedule, config.gamma, warmup)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    iteration = 0
+    if checkpoint is not None:
+        bare_model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        iteration = int(checkpoint["iteration"])
+        _restore_rng(checkpoint["rng"][min(context.rank, len(checkpoint["rng"]) - 1)])
+        log(f"resumed from {resume_path} at iteration {iteration} "
+            f"(epoch {iteration / schedule.iterations_per_epoch:g})")
+
+    batches = EpochBatches(train_set, config.batch_size, context, config.seed)
+    loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.workers,
+                        collate_fn=collate_fn, pin_memory=device.type == "cuda",
+                        persistent_workers=config.workers > 0,
+                        prefetch_factor=4 if config.workers > 0 else None)
+
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", dict(config.to_dict(), world_size=context.world_size,
+                                                  train_size=len(train_set), classes=classes))
+    distributed.barrier()
+
+    def make_checkpoint(at_iteration: int) -> Dict[str, Any]:
+        return {"model": bare_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": at_iteration / schedule.iterations_per_epoch, "iteration": at_iteration,
+                "rng": distributed.all_gather_objects(_rng_state()),
+                "config": config.to_dict(), "classes": classes}
+
+    meter = None
+    if config.energy and should_measure(context.local_rank):
+        # One meter per node; on a shared file system each node writes its own timeline.
+        timeline = "energy.csv" if context.is_main else f"energy-rank{context.rank}.csv"
+        meter = EnergyMeter(config.energy_interval, price_per_kwh=config.price_per_kwh,
+                            currency=config.currency,
+                            csv_path=run_dir / timeline if run_dir.is_dir() else None)
+    start_iteration = iteration
+    started = time.perf_counter()
+    try:
+        if meter:
+            meter.start()
+        iteration = _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule,
+                          device, amp, context, iteration, run_dir, make_checkpoint, test_set,
+                          log)
+    finally:
+        if meter:
+            meter.stop()
+    training_time = time.perf_counter() - started
+    if config.stop_after_iterations is not None and iteration < schedule.total_iterations:
+        log(f"stopped at iteration {iteration} as asked; resume with --resume auto")
+        return {"stopped_at_iteration": iteration}
+
+    checkpoint_final = make_checkpoint(iteration)
+    if context.is_main:
+        save_checkpoint(checkpoint_final, run_dir / "checkpoint_final.pth")
+    metrics = evaluate(bare_model, test_set, batch_size=config.batch_size, device=device,
+                       amp=amp != "off")
+    images = (iteration - start_iteration) * schedule.total_batch_size
+    energy = merge_node_summaries([s for s in distributed.all_gather_objects(
+        meter.summary() if meter else None) if s is not None]) if config.energy else None
+    summary = {"training_time_s": training_time, "images_per_s": images / training_time,
+               "epochs": config.epochs, "iterations": iteration, "world_size": context.world_size,
+               "train_size": len(train_set), "backbone": config.backbone, "energy": energy,
+               "metrics": metrics}
+    if context.is_main:
+        _write_json(run_dir / "metrics.json", metrics)
+        _write_json(run_dir / "summary.json", summary)
+        (run_dir / "summary.md").write_text(summary_markdown(config, summary))
+        log(format_table(metrics))
+        log(f"training time {format_duration(training_time)}, {summary['images_per_s']:.2f} images/s; "
+            f"run folder {run_dir}")
+    return summary
+
+
+def _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule: SchedulePlan,
+          device, amp, context, iteration, run_dir, make_checkpoint, test_set, log) -> int:
+    """Iterate from ``iteration`` to the end of the schedule; returns the last iteration."""
+    from tqdm import tqdm
+
+    total = schedule.total_iterations
+    stop_at = total if config.stop_after_iterations is None else min(total, config.stop_after_iterations)
+    per_epoch = schedule.iterations_per_epoch
+    batches_per_epoch = len(batches.batches)
+    checkpoint_at = _every(config.checkpoint_every, per_epoch, total)
+    evaluate_at = _every(config.eval_every, per_epoch, total) - {total}
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    bar = tqdm(total=total, initial=iteration, disable=not context.is_main, unit="it",
+               dynamic_ncols=True, file=sys.stderr)
+    log_file = open(run_dir / "log.jsonl", "a") if context.is_main else None
+    # Loss sums live on the device between log lines: no host sync inside the step.
+    loss_sums = torch.zeros(len(LOSS_NAMES), device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    logged_iterations, window_start = 0, time.perf_counter()
+    started = time.perf_counter()
+    model.train()
+    try:
+        while iteration < stop_at:
+            # The sampler's epoch is the epoch of the next iteration; fractional epochs
+            # (per_epoch not an integer) still take whole batches per sampler epoch.
+            epoch = iteration // batches_per_epoch
+            batches.set_epoch(epoch, skip=iteration - epoch * batches_per_epoch)
+            for images, targets in loader:
+                images = [image.to(device, non_blocking=True) for image in images]
+                targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()}
+                           for target in targets]
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    losses = model(images, targets)
+                loss = sum(losses[name] for name in LOSS_NAMES)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                iteration += 1
+                loss_sums += torch.stack([losses[name].detach().float() for name in LOSS_NAMES])
+                nonfinite |= ~torch.isfinite(loss.detach())
+                logged_iterations += 1
+                bar.update(1)
+                last = iteration >= stop_at
+                if iteration % config.log_every == 0 or last or iteration in checkpoint_at:
+                    _check_finite(nonfinite, iteration, run_dir)
+                    means = distributed.all_reduce_mean(loss_sums / logged_iterations).tolist()
+                    elapsed = time.perf_counter() - window_start
+                    record = {"epoch": iteration / per_epoch, "iteration": iteration,
+                              "lr": optimizer.param_groups[0]["lr"], "loss": sum(means),
+                              **dict(zip(LOSS_NAMES, means)),
+                              "time": time.perf_counter() - started,
+                              "images_per_s": logged_iterations * schedule.total_batch_size / elapsed}
+                    if log_file:
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                    img_s=f"{record['images_per_s']:.1f}")
+                    loss_sums.zero_()
+                    logged_iterations, window_start = 0, time.perf_counter()
+                if iteration in checkpoint_at:
+                    state = make_checkpoint(iteration)
+                    if context.is_main:
+                        save_checkpoint(state, run_dir / "checkpoint_last.pth")
+                if iteration in evaluate_at:
+                    _evaluate_during_training(model, test_set, config, device, amp, iteration,
+                                              per_epoch, run_dir, context, log)
+                    model.train()
+                if last or iteration % batches_per_epoch == 0:
+                    break
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+    return iteration
+
+
+def _every(epochs: float, per_epoch: float, total: int) -> set:
+    """Iterations at which something happens every ``epochs`` epochs (0: only at the end)."""
+    points = {total}
+    if epochs > 0:
+        step = epochs * per_epoch
+        points |= {round(step * k) for k in range(1, int(total / step) + 1)}
+    return {point for point in points if 0 < point <= total}
+
+
+def _check_finite(nonfinite: torch.Tensor, iteration: int, run_dir: Path) -> None:
+    if bool(nonfinite):
+        last = run_dir / "checkpoint_last.pth"
+        raise TrainingDiverged(
+            f"the loss became NaN or infinite by iteration {iteration}; stopped before saving "
+            f"anything from it. The last good checkpoint is {last if last.exists() else 'none'}: "
+            "lower --lr, raise --warmup-iters or use --amp off/bf16, then --resume.")
+
+
+def _evaluate_during_training(model, test_set, config, device, amp, iteration, per_epoch,
+                              run_dir, context, log) -> None:
+    bare = model.module if context.enabled else model
+    metrics = evaluate(bare, test_set, batch_size=config.batch_size, device=device,
+                       amp=amp != "off")
+    if context.is_main:
+        epoch = iteration / per_epoch
+        with open(run_dir / "metrics_history.jsonl", "a") as file:
+            file.write(json.dumps({"epoch": epoch, "iteration": iteration, **metrics}) + "\n")
+        log(f"epoch {epoch:g}: bbox AP {metrics['bbox']['AP']:.2f}, segm AP {metrics['segm']['AP']:.2f}")
+
+
+def _resume_path(config: TrainConfig, run_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from: --resume PATH, or with --resume auto (and after a
+    torchrun restart) the run folder's checkpoint_last.pth when it exists."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if config.resume in ("auto", None):
+        last = run_dir / "checkpoint_last.pth"
+        if (config.resume == "auto" or restarted) and last.is_file():
+            return last
+        return None
+    path = Path(config.resume)
+    if not path.is_file():
+        raise InputError("--resume: checkpoint file not found", path)
+    return path
+
+
+def _check_resumable(config: TrainConfig, checkpoint: Dict[str, Any], path: Path) -> None:
+    saved = checkpoint["config"]
+    for key in ("backbone", "norm", "min_size", "max_size", "fpn_channels", "vovnet_version"):
+        ours = getattr(config, key) if key != "norm" else (config.norm or default_norm(config.pretrained))
+        if key in saved and saved[key] != ours and not (key == "norm" and config.norm is None):
+            raise InputError(f"cannot resume: the checkpoint was trained with {key}={saved[key]!r}, "
+                             f"this run asks for {ours!r}", path)
+    if "optimizer" not in checkpoint or "iteration" not in checkpoint:
+        raise InputError("cannot resume: not a training checkpoint (no optimizer state)", path)
+
+
+def _printer(context: distributed.DistributedContext):
+    def log(message: str) -> None:
+        if context.is_main:
+            print(message, flush=True)
+    return log
+
+
+# --------------------------------------------------------------------------------------------
+# summary.md
+# --------------------------------------------------------------------------------------------
+
+def summary_markdown(config: TrainConfig, summary: Dict[str, Any]) -> str:
+    """The run's summary: efficiency row (the study's columns) and the AP table."""
+    lines = [f"# Run {config.run_dir.name}", "",
+             f"- backbone: {config.backbone}, epochs: {config.epochs:g}, batch: "
+             f"{config.batch_size} x {summary['world_size']} processes, train images: "
+             f"{summary['train_size']}, iterations: {summary['iterations']}",
+             f"- training time: {format_duration(summary['training_time_s'])}, "
+             f"{summary['images_per_s']:.2f} images/s", ""]
+    energy = summary.get("energy")
+    if energy:
+        row = efficiency_row(dict(energy, duration_s=summary["training_time_s"]))
+        lines += ["| " + " | ".join(row) + " |", "|" + "---|" * len(row),
+                  "| " + " | ".join(row.values()) + " |", ""]
+        lines.append(f"- energy method: {energy['method']}"
+                     + (f" ({energy['nodes'][0].get('gpu_unavailable_reason')})"
+                        if energy["method"] == "unavailable" and energy.get("nodes") else ""))
+        rss = energy.get("nodes", [{}])[0].get("process_peak_rss_mib")
+        if rss:
+            lines.append(f"- peak process memory (RSS): {rss:,.0f} MiB")
+        lines.append("")
+    lines += ["## Evaluation on the test split", "", format_table(summary["metrics"]), ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+def _min_sizes(text: str) -> List[int]:
+    try:
+        sizes = [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 800 or 640,672,704, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _class_map(items: Sequence[str]) -> Dict[str, str]:
+    mapping = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--class-map {item!r}: expected OLD=NEW (NEW empty drops the class)")
+        old, new = item.split("=", 1)
+        mapping[old.strip()] = new.strip()
+    return mapping
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m maskdla.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    data = parser.add_argument_group("data (no --data and no --train-ann: the embedded synthetic corpus)")
+    data.add_argument("--data", help="dataset folder: DATA/train/*.jpg + DATA/train/page/*.xml, same for test/")
+    data.add_argument("--train-ann", help="COCO JSON of the training split")
+    data.add_argument("--train-images", help="image folder of --train-ann (default: its folder)")
+    data.add_argument("--test-ann", help="COCO JSON of the test split")
+    data.add_argument("--test-images", help="image folder of --test-ann (default: its folder)")
+    data.add_argument("--classes", nargs="+", help="class names in label order (default: sorted names found)")
+    data.add_argument("--class-map", nargs="+", default=[], metavar="OLD=NEW",
+                      help="rename or merge classes (paragraph=text); OLD= drops a class")
+    data.add_argument("--synthetic-pages", type=positive_int, default=defaults.synthetic_pages,
+                      help="synthetic corpus: pages in all")
+    data.add_argument("--synthetic-train", type=positive_int, default=defaults.synthetic_train,
+                      help="synthetic corpus: pages in the train split (the rest is test)")
+    data.add_argument("--synthetic-width", type=positive_int, default=defaults.synthetic_width,
+                      help="synthetic corpus: page width in pixels")
+    add("--backbone", default=defaults.backbone, help=f"one of: {', '.join(sorted(BACKBONES))}")
+    add("--epochs", type=float, default=defaults.epochs, help="epochs to train (fractions allowed)")
+    add("--batch-size", type=positive_int, default=defaults.batch_size, help="images per process and iteration")
+    add("--lr", type=float, default=defaults.lr,
+        help=f"base learning rate; 0.02 is the study's for a total batch of {LR_REFERENCE_BATCH}")
+    add("--scale-lr", action="store_true",
+        help=f"scale --lr linearly by total batch / {LR_REFERENCE_BATCH} (batch x processes)")
+    add("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
+    add("--weight-decay", type=float, default=defaults.weight_decay, help="SGD weight decay")
+    add("--lr-steps", default=defaults.lr_steps,
+        help=f"LR milestones: a preset ({', '.join(f'{k}={v[0]:.3g},{v[1]:.3g}' for k, v in LR_STEP_PRESETS.items())} "
+             "of training), explicit epochs '300,400', fractions '0.4,0.7', or 'none'")
+    add("--gamma", type=float, default=defaults.gamma, help="LR factor at each milestone")
+    add("--warmup-iters", type=int, default=defaults.warmup_iters,
+        help="linear warmup iterations (at most a tenth of the run)")
+    add("--min-size", type=_min_sizes, default=defaults.min_size,
+        help="short side at training; several (640,672,704) pick one per image; test uses the last")
+    add("--max-size", type=positive_int, default=defaults.max_size, help="cap on the long side")
+    add("--norm", choices=NORMS, help="normalisation (default: frozenbn with --pretrained, else gn)")
+    add("--pretrained", help="state dict file for the backbone body, or 'imagenet' (resnet50/101; downloads)")
+    add("--freeze-at", type=int, default=defaults.freeze_at, help="leading stages frozen (stem = 1)")
+    add("--fpn-channels", type=positive_int, help="FPN width (default 256; 128 for vovnet19lite/slim)")
+    add("--vovnet-version", type=int, choices=(1, 2), default=defaults.vovnet_version,
+        help="VoVNet OSA modules: 2 (eSE + identity) or 1 (plain)")
+    add("--amp", choices=("off", "fp16", "bf16"), help="mixed precision (default: bf16 on CUDA where supported, else off)")
+    add("--workers", type=int, default=defaults.workers, help="data loader worker processes per process")
+    add("--seed", type=int, default=defaults.seed, help="random seed")
+    add("--deterministic", action="store_true", help="deterministic algorithms (resumed runs end with identical weights on CPU)")
+    add("--out", help="run folder (default runs/BACKBONE-EPOCHSep)")
+    add("--resume", nargs="?", const="auto", help="resume from PATH, or 'auto': the run folder's checkpoint_last.pth")
+    add("--checkpoint-every", type=non_negative_float, default=defaults.checkpoint_every,
+        help="epochs between checkpoint_last.pth saves (0: only at the end)")
+    add("--eval-every", type=non_negative_float, default=defaults.eval_every,
+        help="epochs between evaluations on the test split (0: at the end only)")
+    add("--log-every", type=positive_int, default=defaults.log_every, help="iterations between log.jsonl lines")
+    add("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add("--no-energy", dest="energy", action="store_false", help="do not run the energy meter")
+    add("--energy-interval", type=float, default=defaults.energy_interval, help="seconds between energy samples")
+    add("--price-per-kwh", type=non_negative_float, default=defaults.price_per_kwh, help="electricity price for the cost")
+    add("--currency", default=defaults.currency, help="currency of --price-per-kwh")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = vars(args).copy()
+    values["class_map"] = _class_map(values.get("class_map") or []) or None
+    return TrainConfig.from_dict(values)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    try:
+        train(config)
+    except TrainingDiverged as error:
+        print(f"maskdla: training stopped: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _CallableModule(types.ModuleType):
+    """``maskdla.train(config)`` runs :func:`train`, while ``maskdla.train`` stays this module
+    (so ``python -m maskdla.train`` and ``from maskdla.train import TrainConfig`` work)."""
+
+    def __call__(self, config: TrainConfig) -> Dict[str, Any]:
+        return train(config)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    run_main(main)
