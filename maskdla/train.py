@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from maskdla.backbones import BACKBONES, NORMS, default_norm, resolve_name
 from maskdla.checkpoint import load_checkpoint, save_checkpoint
 from maskdla.cli import non_negative_float, positive_int, run_main
 from maskdla.coco_eval import format_table
+from maskdla.data.pagexml import parse_class_map
 from maskdla.data.dataset import Dataset, GroupedBatchSampler, aspect_ratio_groups, collate_fn
 from maskdla.data.synthetic import default_corpus
 from maskdla.energy import EnergyMeter, efficiency_row, format_duration, merge_node_summaries, should_measure
@@ -60,7 +62,7 @@ class TrainConfig:
     test_ann: Optional[str] = None
     test_images: Optional[str] = None
     classes: Optional[List[str]] = None
-    class_map: Optional[Dict[str, str]] = None
+    class_map: Optional[Dict[str, Optional[str]]] = None
     epochs: float = 450.0
     batch_size: int = 2
     lr: float = 0.02
@@ -77,6 +79,9 @@ class TrainConfig:
     freeze_at: int = 0
     fpn_channels: Optional[int] = None
     vovnet_version: int = 2
+    #: RoIs sampled per image for the box head's loss (torchvision/detectron2 default 512);
+    #: fewer make a CPU step several times cheaper
+    rois_per_image: int = 512
     amp: Optional[str] = None
     workers: int = 2
     seed: int = 0
@@ -267,6 +272,38 @@ def resolve_amp(amp: Optional[str], device: torch.device) -> str:
     return amp
 
 
+def parameter_checksum(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's state dict (names and bytes), as hex."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def add_energy(earlier: Optional[Dict[str, Any]], later: Optional[Dict[str, Any]]
+               ) -> Optional[Dict[str, Any]]:
+    """Energy summary of a run resumed after ``earlier`` (None: no earlier segment): the
+    later segment's summary with durations, energies and costs added up, peaks maxed."""
+    if earlier is None or later is None:
+        return later or earlier
+    total = dict(later, segments=earlier.get("segments", 1) + 1)
+    for key in ("duration_s", "gpu_energy_kwh", "cpu_energy_kwh", "energy_kwh", "cost"):
+        if earlier.get(key) is not None:
+            total[key] = earlier[key] + (later.get(key) or 0.0)
+    gpus = []
+    for index, gpu in enumerate(later.get("gpus", [])):
+        before = earlier["gpus"][index] if index < len(earlier.get("gpus", [])) else {}
+        gpu = dict(gpu)
+        gpu["energy_kwh"] = gpu.get("energy_kwh", 0.0) + before.get("energy_kwh", 0.0)
+        peaks = [value for value in (gpu.get("peak_memory_mib"), before.get("peak_memory_mib"))
+                 if value is not None]
+        gpu["peak_memory_mib"] = max(peaks) if peaks else None
+        gpus.append(gpu)
+    total["gpus"] = gpus
+    return total
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
 
@@ -321,7 +358,8 @@ def _train(config: TrainConfig, device: torch.device, context: distributed.Distr
 
     model = build_model(config.backbone, num_classes=len(classes) + 1,
                         pretrained=None if checkpoint else config.pretrained,
-                        freeze_at=config.freeze_at, **model_kwargs_from_config(config.to_dict()))
+                        freeze_at=config.freeze_at, box_batch_size_per_image=config.rois_per_image,
+                        **model_kwargs_from_config(config.to_dict()))
     model.to(device)
     if context.enabled:
         if config.norm == "syncbn" and device.type == "cuda":
@@ -352,10 +390,13 @@ def _train(config: TrainConfig, device: torch.device, context: distributed.Distr
             f"(epoch {iteration / schedule.iterations_per_epoch:g})")
 
     batches = EpochBatches(train_set, config.batch_size, context, config.seed)
+    # The loader draws its workers' base seed from its own generator, not from the global
+    # RNG that the model's samplers use: a resumed run then replays the same random stream.
     loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.workers,
                         collate_fn=collate_fn, pin_memory=device.type == "cuda",
                         persistent_workers=config.workers > 0,
-                        prefetch_factor=4 if config.workers > 0 else None)
+                        prefetch_factor=4 if config.workers > 0 else None,
+                        generator=torch.Generator().manual_seed(config.seed + context.rank))
 
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -363,22 +404,35 @@ def _train(config: TrainConfig, device: torch.device, context: distributed.Distr
                                                   train_size=len(train_set), classes=classes))
     distributed.barrier()
 
-    def make_checkpoint(at_iteration: int) -> Dict[str, Any]:
-        return {"model": bare_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": at_iteration / schedule.iterations_per_epoch, "iteration": at_iteration,
-                "rng": distributed.all_gather_objects(_rng_state()),
-                "config": config.to_dict(), "classes": classes}
-
+    # Time and energy of earlier segments of a resumed run, carried in its checkpoints.
+    earlier = (checkpoint or {}).get("progress", {"training_time_s": 0.0, "energy": None})
     meter = None
     if config.energy and should_measure(context.local_rank):
-        # One meter per node; on a shared file system each node writes its own timeline.
-        timeline = "energy.csv" if context.is_main else f"energy-rank{context.rank}.csv"
+        # One meter per node; on a shared file system each node writes its own timeline,
+        # and a resumed segment its own file.
+        timeline = "energy" + ("" if context.is_main else f"-rank{context.rank}")
+        timeline += f"-from-iteration{iteration}.csv" if iteration else ".csv"
         meter = EnergyMeter(config.energy_interval, price_per_kwh=config.price_per_kwh,
                             currency=config.currency,
                             csv_path=run_dir / timeline if run_dir.is_dir() else None)
     start_iteration = iteration
     started = time.perf_counter()
+
+    def progress() -> Dict[str, Any]:
+        """Training time and energy so far, this segment and the earlier ones together."""
+        nodes = [summary for summary in distributed.all_gather_objects(
+            meter.summary() if meter else None) if summary is not None]
+        energy = merge_node_summaries(nodes) if nodes else None
+        return {"training_time_s": earlier["training_time_s"] + time.perf_counter() - started,
+                "energy": add_energy(earlier["energy"], energy)}
+
+    def make_checkpoint(at_iteration: int) -> Dict[str, Any]:
+        return {"model": bare_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": at_iteration / schedule.iterations_per_epoch, "iteration": at_iteration,
+                "rng": distributed.all_gather_objects(_rng_state()),
+                "config": config.to_dict(), "classes": classes, "progress": progress()}
+
     try:
         if meter:
             meter.start()
@@ -388,23 +442,28 @@ def _train(config: TrainConfig, device: torch.device, context: distributed.Distr
     finally:
         if meter:
             meter.stop()
-    training_time = time.perf_counter() - started
+    segment_time = time.perf_counter() - started
     if config.stop_after_iterations is not None and iteration < schedule.total_iterations:
         log(f"stopped at iteration {iteration} as asked; resume with --resume auto")
         return {"stopped_at_iteration": iteration}
 
+    # Every rank must end with the same weights; a checksum per rank makes that visible.
+    checksums = distributed.all_gather_objects(parameter_checksum(bare_model))
+    if len(set(checksums)) > 1:
+        log(f"warning: ranks ended with different weights: {checksums}")
     checkpoint_final = make_checkpoint(iteration)
     if context.is_main:
         save_checkpoint(checkpoint_final, run_dir / "checkpoint_final.pth")
     metrics = evaluate(bare_model, test_set, batch_size=config.batch_size, device=device,
                        amp=amp != "off")
     images = (iteration - start_iteration) * schedule.total_batch_size
-    energy = merge_node_summaries([s for s in distributed.all_gather_objects(
-        meter.summary() if meter else None) if s is not None]) if config.energy else None
-    summary = {"training_time_s": training_time, "images_per_s": images / training_time,
+    totals = checkpoint_final["progress"]
+    training_time = totals["training_time_s"]
+    summary = {"training_time_s": training_time, "images_per_s": images / segment_time,
                "epochs": config.epochs, "iterations": iteration, "world_size": context.world_size,
-               "train_size": len(train_set), "backbone": config.backbone, "energy": energy,
-               "metrics": metrics}
+               "train_size": len(train_set), "backbone": config.backbone,
+               "energy": totals["energy"] if config.energy else None,
+               "parameter_checksums": checksums, "metrics": metrics}
     if context.is_main:
         _write_json(run_dir / "metrics.json", metrics)
         _write_json(run_dir / "summary.json", summary)
@@ -598,16 +657,6 @@ def _min_sizes(text: str) -> List[int]:
     return sizes
 
 
-def _class_map(items: Sequence[str]) -> Dict[str, str]:
-    mapping = {}
-    for item in items:
-        if "=" not in item:
-            raise InputError(f"--class-map {item!r}: expected OLD=NEW (NEW empty drops the class)")
-        old, new = item.split("=", 1)
-        mapping[old.strip()] = new.strip()
-    return mapping
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -653,6 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fpn-channels", type=positive_int, help="FPN width (default 256; 128 for vovnet19lite/slim)")
     add("--vovnet-version", type=int, choices=(1, 2), default=defaults.vovnet_version,
         help="VoVNet OSA modules: 2 (eSE + identity) or 1 (plain)")
+    add("--rois-per-image", type=positive_int, default=defaults.rois_per_image,
+        help="RoIs sampled per image for the box head's loss (fewer: faster CPU steps)")
     add("--amp", choices=("off", "fp16", "bf16"), help="mixed precision (default: bf16 on CUDA where supported, else off)")
     add("--workers", type=int, default=defaults.workers, help="data loader worker processes per process")
     add("--seed", type=int, default=defaults.seed, help="random seed")
@@ -674,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args).copy()
-    values["class_map"] = _class_map(values.get("class_map") or []) or None
+    values["class_map"] = parse_class_map(values.get("class_map") or []) or None
     return TrainConfig.from_dict(values)
 
 

@@ -1,0 +1,243 @@
+"""Training: the study's schedule arithmetic, resume equivalence, the NaN guard, safe
+checkpoint loading, DDP through torchrun, bad flags."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from maskdla.checkpoint import load_checkpoint
+from maskdla.cli import run_main
+from maskdla.data.synthetic import generate_corpus
+from maskdla.errors import InputError
+from maskdla.schedule import (epochs_to_iterations, iterations_to_epochs, lr_lambda,
+                              parse_lr_steps, plan)
+from maskdla.train import TrainConfig, TrainingDiverged, main, train
+
+
+# ------------------------------------------------------------------ schedule arithmetic
+
+def test_the_studys_epoch_arithmetic():
+    assert iterations_to_epochs(90_000, 128, 2) == 1406.25
+    assert iterations_to_epochs(90_000, 128, 4) == 2812.5
+    assert epochs_to_iterations(2812.5, 128, 4) == 90_000
+    schedule = plan(450, train_size=128, batch_size=2, world_size=1, lr_steps="late")
+    assert schedule.iterations_per_epoch == 64
+    assert schedule.total_iterations == 28_800
+    assert schedule.milestone_epochs == (337.5, 405.0)
+    assert schedule.milestone_iterations == (21_600, 25_920)
+    described = schedule.describe()
+    assert "LR step at epoch 337.5 = iteration 21600" in described
+    assert "iterations per epoch: 64" in described
+
+
+@pytest.mark.parametrize("preset,expected", [
+    ("default", [300, 400]), ("early", [180, 315]), ("late", [337.5, 405])])
+def test_lr_step_presets_at_450_epochs(preset, expected):
+    assert parse_lr_steps(preset, 450) == pytest.approx(expected, abs=1e-9)
+
+
+def test_explicit_and_fractional_lr_steps():
+    assert parse_lr_steps("300,400", 450) == [300, 400]
+    assert parse_lr_steps("0.4,0.7", 450) == pytest.approx([180, 315])
+    assert parse_lr_steps("none", 450) == []
+    for bad in ("400,300", "500,600", "soon", "-1"):
+        with pytest.raises(ValueError, match="--lr-steps"):
+            parse_lr_steps(bad, 450)
+
+
+def test_fractional_epoch_milestones_convert_exactly_and_distributed_batches_count():
+    # 2 processes x batch 2 = 4 images per iteration: 450 epochs of 128 pages = 14,400
+    schedule = plan(450, 128, batch_size=2, world_size=2, lr_steps="late")
+    assert schedule.total_iterations == 14_400
+    assert schedule.milestone_iterations == (10_800, 12_960)
+    # batch 6 does not divide 128: 21.33 iterations per epoch, milestones rounded once
+    schedule = plan(450, 128, batch_size=6, world_size=1, lr_steps="default")
+    assert schedule.iterations_per_epoch == pytest.approx(128 / 6)
+    assert schedule.milestone_iterations == (6400, 8533)
+
+
+def test_lr_multiplier_has_linear_warmup_and_steps():
+    multiplier = lr_lambda((10, 20), gamma=0.1, warmup_iters=4, warmup_factor=0.001)
+    assert multiplier(0) == pytest.approx(0.001)
+    assert multiplier(2) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert multiplier(4) == 1
+    assert multiplier(10) == pytest.approx(0.1)
+    assert multiplier(25) == pytest.approx(0.01)
+
+
+# ------------------------------------------------------------------ tiny runs
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return generate_corpus(tmp_path_factory.mktemp("corpus") / "data", pages=10, train=8,
+                           seed=3, width=160)
+
+
+def tiny_config(corpus, out, **overrides):
+    values = dict(backbone="vovnet19slim", data=str(corpus), epochs=2, batch_size=2,
+                  min_size=[96], max_size=160, workers=0, seed=1, deterministic=True,
+                  out=str(out), warmup_iters=0, checkpoint_every=0.5, log_every=1,
+                  device="cpu", energy=False, lr=0.01, rois_per_image=64)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_same_weights(corpus, tmp_path):
+    reference = train(tiny_config(corpus, tmp_path / "uninterrupted"))
+    assert reference["iterations"] == 8
+    # 4 iterations per epoch, checkpoints every 2: killed at iteration 3, mid-epoch,
+    # after the checkpoint of iteration 2
+    interrupted = tiny_config(corpus, tmp_path / "interrupted", stop_after_iterations=3)
+    assert train(interrupted) == {"stopped_at_iteration": 3}
+    assert load_checkpoint(tmp_path / "interrupted" / "checkpoint_last.pth")["iteration"] == 2
+    assert not (tmp_path / "interrupted" / "checkpoint_final.pth").exists()
+    resumed = train(tiny_config(corpus, tmp_path / "interrupted", resume="auto"))
+    assert resumed["iterations"] == 8
+    expected = load_checkpoint(tmp_path / "uninterrupted" / "checkpoint_final.pth")["model"]
+    actual = load_checkpoint(tmp_path / "interrupted" / "checkpoint_final.pth")["model"]
+    assert expected.keys() == actual.keys()
+    different = [key for key in expected if not torch.equal(expected[key], actual[key])]
+    assert different == []
+    assert resumed["parameter_checksums"] == reference["parameter_checksums"]
+    # the resumed run's log continues where the checkpoint left off
+    log = [json.loads(line) for line in (tmp_path / "interrupted" / "log.jsonl").read_text().splitlines()]
+    assert [record["iteration"] for record in log] == [1, 2, 3, 3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.slow
+def test_run_folder_contents_and_summary(corpus, tmp_path):
+    summary = train(tiny_config(corpus, tmp_path / "run", epochs=1, energy=True,
+                                energy_interval=0.05))
+    run = tmp_path / "run"
+    for name in ("config.json", "log.jsonl", "energy.csv", "metrics.json", "summary.json",
+                 "summary.md", "checkpoint_last.pth", "checkpoint_final.pth"):
+        assert (run / name).is_file(), name
+    checkpoint = load_checkpoint(run / "checkpoint_final.pth")
+    assert set(checkpoint) == {"model", "optimizer", "scheduler", "scaler", "epoch", "iteration",
+                               "rng", "config", "classes"}
+    assert checkpoint["classes"] == ["drop-capital", "lyrics", "staff"]
+    assert checkpoint["config"]["norm"] == "gn"  # resolved default, so eval can rebuild it
+    record = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert {"epoch", "iteration", "lr", "loss", "loss_mask", "time", "images_per_s"} <= set(record)
+    assert record["epoch"] == 1.0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "APm", "APl", "AR", "per_class"} <= set(metrics["segm"])
+    markdown = (run / "summary.md").read_text()
+    assert "| Training Time | kWh | Cost |" in markdown
+    assert "Segmentation" in markdown
+    assert summary["energy"]["method"] == "unavailable"  # no GPU here
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    import maskdla.train as train_module
+
+    real_build_model = train_module.build_model
+    calls = {"forward": 0}
+
+    def build_model_that_diverges(*args, **kwargs):
+        model = real_build_model(*args, **kwargs)
+        forward = model.forward
+
+        def poisoned_forward(images, targets=None):
+            losses = forward(images, targets)
+            calls["forward"] += 1
+            if model.training and calls["forward"] >= 3:  # iteration 3 diverges
+                losses["loss_mask"] = losses["loss_mask"] * float("nan")
+            return losses
+
+        model.forward = poisoned_forward
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build_model_that_diverges)
+    config = tiny_config(corpus, tmp_path / "run", epochs=1, log_every=10)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite by iteration 4.*checkpoint_last.pth"):
+        train(config)
+    last = load_checkpoint(tmp_path / "run" / "checkpoint_last.pth")
+    assert last["iteration"] == 2
+    assert all(torch.isfinite(value).all() for value in last["model"].values()
+               if value.is_floating_point())
+    assert not (tmp_path / "run" / "checkpoint_final.pth").exists()
+
+
+class _CreatesAFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_malicious_checkpoint_is_refused_and_runs_no_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as file:
+        pickle.dump({"model": _CreatesAFile(str(marker)), "config": {}, "classes": []}, file)
+    with pytest.raises(InputError, match="evil.pth: cannot load checkpoint"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, ["--resume", str(evil), "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "evil.pth" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--backbone", "resnet18"], "unknown backbone 'resnet18'"),
+    (["--epochs", "-3"], "--epochs must be a positive number"),
+    (["--lr-steps", "400,300"], "--lr-steps"),
+    (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),
+    (["--device", "cuda:0"], "CUDA is not available"),
+    (["--data", "/nonexistent/data"], "/nonexistent/data"),
+    (["--resume", "/nonexistent/last.pth"], "checkpoint file not found"),
+    (["--class-map", "paragraph"], "expected OLD=NEW"),
+])
+def test_bad_flags_give_one_clear_message_and_exit_2(argv, message, tmp_path, capsys):
+    if not torch.cuda.is_available() or "cuda" not in " ".join(argv):
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(main, argv + ["--out", str(tmp_path / "run"), "--no-energy"])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert message in error
+        assert "Traceback" not in error
+        assert not (tmp_path / "run").exists()
+
+
+def test_argparse_rejects_bad_types(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, ["--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_maskdla_train_is_callable_and_a_module():
+    import maskdla
+    import maskdla.train
+
+    assert callable(maskdla.train)
+    assert maskdla.train.TrainConfig is TrainConfig
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_under_torchrun_ends_with_identical_parameters(corpus, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port=0" if False else "--rdzv-endpoint=localhost:0",
+               "-m", "maskdla.train", "--backbone", "vovnet19slim", "--data", str(corpus),
+               "--epochs", "1", "--batch-size", "1", "--min-size", "64", "--max-size", "128",
+               "--workers", "0", "--device", "cpu", "--no-energy", "--out", str(out),
+               "--log-every", "1", "--warmup-iters", "0"]
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["iterations"] == 4  # 8 pages / (1 x 2 processes)
+    checksums = summary["parameter_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert "batch: 1 per process x 2 processes = 2" in result.stdout
