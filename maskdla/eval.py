@@ -1,0 +1,390 @@
+"""COCO evaluation of a Mask R-CNN: ``maskdla.evaluate`` and ``python -m maskdla.eval``.
+
+:func:`predict_coco_results` runs the model over a :class:`maskdla.data.dataset.Dataset`
+(batched, eval mode, AMP on CUDA, one shard per rank under DDP) and turns its detections into
+COCO results at the ORIGINAL image resolution (:mod:`maskdla.coco_results`);
+:func:`evaluate` scores them with pycocotools (:mod:`maskdla.coco_eval`).
+
+Command line::
+
+    python -m maskdla.eval CHECKPOINT [--data DIR | --ann JSON --images DIR] [--split test]
+                           [--out metrics.json] [--batch-size N] [--device D]
+    python -m maskdla.eval --predictions RESULTS.json --ann GT.json [--out metrics.json]
+
+The first form takes everything else (backbone, classes, image size, the test data when
+none is given) from the checkpoint's config; the second scores any system's COCO results
+file, without a model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
+from maskdla.checkpoint import load_model
+from maskdla.cli import positive_int, run_main
+from maskdla.coco_eval import coco_metrics, format_table, load_ground_truth, load_results
+from maskdla.coco_results import detections_to_coco_results
+from maskdla.data.dataset import Dataset
+from maskdla.data.synthetic import default_corpus
+from maskdla.distributed import all_gather_objects, broadcast_object
+from maskdla.errors import InputError
+
+#: run config key -> ``default_corpus`` argument, for runs on the embedded synthetic corpus
+SYNTHETIC_CONFIG_KEYS = {"synthetic_pages": "pages", "synthetic_train": "train",
+                         "synthetic_width": "width"}
+
+#: per-image data a worker sends back: image Float[3, H, W], COCO image id, (H0, W0)
+_Item = Tuple[torch.Tensor, int, Tuple[int, int]]
+
+
+class _ErrorsAsItems(torch.utils.data.Dataset):
+    """Hands an item's InputError back as the item: raised in a DataLoader worker, it would
+    reach the main process rewritten as a multi-line traceback text."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except InputError as error:
+            return error
+
+
+def _collate(batch: Sequence[Any]) -> Union[List[_Item], InputError]:
+    """Keep only what evaluation needs (not the target masks) to spare the worker pipes;
+    pass on the first InputError of the batch."""
+    for item in batch:
+        if isinstance(item, InputError):
+            return item
+    return [(image, int(target["image_id"]), tuple(int(v) for v in target["orig_size"]))
+            for image, target in batch]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _category_ids(dataset: Any, classes: Optional[Sequence[str]]) -> List[int]:
+    """COCO category id of model label i at index i - 1, matched by class name."""
+    model_classes = list(classes) if classes is not None else list(dataset.classes)
+    by_name = {category["name"]: category["id"] for category in dataset.coco["categories"]}
+    unknown = [name for name in model_classes if name not in by_name]
+    if unknown:
+        raise InputError(f"the model's classes {', '.join(unknown)} are not classes of the "
+                         f"data ({', '.join(by_name)})")
+    return [by_name[name] for name in model_classes]
+
+
+def _num_model_classes(model: torch.nn.Module) -> Optional[int]:
+    """Classes of a torchvision MaskRCNN without the background, or None if not found."""
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    scores = getattr(predictor, "cls_score", None)
+    return scores.out_features - 1 if isinstance(scores, torch.nn.Linear) else None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def raw_detections(model: torch.nn.Module, images: List[torch.Tensor], amp: bool = False
+                   ) -> Tuple[List[Dict[str, torch.Tensor]], List[Tuple[int, int]]]:
+    """MaskRCNN's eval forward without its postprocess.
+
+    Args:
+        model: a torchvision ``MaskRCNN`` in eval mode.
+        images: Float[3, H, W] tensors in [0, 1] on the model's device.
+        amp: run the backbone and RPN under autocast (float16 on CUDA, bfloat16 on CPU).
+            The RoI heads always run in float32: under autocast torchvision decodes the
+            boxes in half precision, 0.5-1 px steps at 800-1333 px, three times more once
+            scaled to the scan.
+
+    Returns:
+        per image ``boxes`` Float[N, 4] xyxy, ``labels``, ``scores`` in the pixels of the
+        model input and ``masks`` Float[N, 1, M, M] mask-head probabilities (not pasted);
+        and the input sizes (h, w) after the model's transform.
+    """
+    device_type = images[0].device.type
+    half = torch.float16 if device_type == "cuda" else torch.bfloat16
+    with torch.autocast(device_type=device_type, dtype=half, enabled=amp):
+        image_list, _ = model.transform(images)
+        features = model.backbone(image_list.tensors)
+        if isinstance(features, torch.Tensor):
+            features = {"0": features}
+        proposals, _ = model.rpn(image_list, features)
+    features = {name: feature.float() for name, feature in features.items()}
+    proposals = [boxes.float() for boxes in proposals]
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    return detections, [tuple(size) for size in image_list.image_sizes]
+
+
+def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
+                         device: Optional[Union[str, torch.device]] = None,
+                         amp: Optional[bool] = None, num_workers: int = 0,
+                         classes: Optional[Sequence[str]] = None, mask_threshold: float = 0.5,
+                         timings: Optional[Dict[str, float]] = None) -> List[dict]:
+    """Run ``model`` over ``dataset`` and return COCO results in original image pixels.
+
+    Args:
+        model: a torchvision ``MaskRCNN`` (or DDP/DataParallel around one). Run in eval mode
+            under ``torch.inference_mode``; its train/eval mode is restored afterwards.
+        dataset: items ``(image Float[3, H, W] at training resolution, target)`` with
+            ``target["image_id"]`` and ``target["orig_size"]`` (H0, W0); attributes
+            ``classes`` and ``coco`` (ground truth whose category names hold the classes).
+        batch_size: images per forward pass.
+        device: where to run; default the model's device (the model is moved there).
+        amp: autocast for the backbone and RPN (:func:`raw_detections`); default on for
+            CUDA, off otherwise.
+        num_workers: DataLoader worker processes.
+        classes: the model's class names (label i = classes[i - 1]) when they differ in
+            order from ``dataset.classes``; matched to the data's categories by name.
+        mask_threshold: mask probability above which a pixel belongs to the mask.
+        timings: if given, seconds are added under ``data`` (waiting for images),
+            ``inference`` and ``paste_rle``, and the image count under ``images``.
+
+    Returns:
+        COCO results ``{"image_id", "category_id", "score", "bbox": [x, y, w, h],
+        "segmentation": RLE}`` of all images, sorted by image id. Under DDP (world size > 1)
+        each rank runs its share (indices rank, rank + world, ...) and every rank gets all.
+    """
+    if isinstance(model, (DistributedDataParallel, DataParallel)):
+        model = model.module
+    num_classes = _num_model_classes(model)
+    model_classes = list(classes) if classes is not None else list(dataset.classes)
+    if num_classes is not None and num_classes != len(model_classes):
+        raise InputError(f"the model has {num_classes} classes but the data has "
+                         f"{len(model_classes)} ({', '.join(model_classes)})")
+    category_ids = _category_ids(dataset, classes)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    amp = device.type == "cuda" if amp is None else amp
+    model.to(device)
+    shard = dataset
+    if _distributed():
+        shard = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
+    loader = DataLoader(_ErrorsAsItems(shard), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda")
+    seconds = {"data": 0.0, "inference": 0.0, "paste_rle": 0.0}
+    results: List[dict] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            fetch_start = time.perf_counter()
+            for batch in loader:
+                loaded = time.perf_counter()
+                if isinstance(batch, InputError):
+                    raise batch
+                images = [image.to(device, non_blocking=True) for image, _, _ in batch]
+                detections, input_sizes = raw_detections(model, images, amp)
+                _synchronize(device)
+                inferred = time.perf_counter()
+                for found, input_size, (_, image_id, orig_size) in zip(detections, input_sizes,
+                                                                      batch):
+                    results.extend(detections_to_coco_results(
+                        found, image_id, input_size, orig_size, category_ids, mask_threshold))
+                pasted = time.perf_counter()
+                seconds["data"] += loaded - fetch_start
+                seconds["inference"] += inferred - loaded
+                seconds["paste_rle"] += pasted - inferred
+                fetch_start = time.perf_counter()
+    finally:
+        model.train(was_training)
+    if _distributed():
+        results = [result for part in all_gather_objects(results) for result in part]
+    results.sort(key=lambda result: result["image_id"])  # stable: keeps score order per image
+    if timings is not None:
+        for name, value in seconds.items():
+            timings[name] = timings.get(name, 0.0) + value
+        timings["images"] = timings.get("images", 0) + len(shard)
+    return results
+
+
+def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
+             device: Optional[Union[str, torch.device]] = None, amp: Optional[bool] = None,
+             num_workers: int = 0, classes: Optional[Sequence[str]] = None,
+             mask_threshold: float = 0.5, verbose: bool = False,
+             timings: Optional[Dict[str, float]] = None) -> Dict[str, dict]:
+    """COCO bbox and segm metrics of ``model`` on ``dataset``, as pycocotools computes them.
+
+    Arguments as :func:`predict_coco_results`; ``verbose`` shows pycocotools' own output;
+    ``timings`` also gets ``cocoeval`` seconds. The ground truth is ``dataset.coco`` (at the
+    original resolution, so APs/APm/APl use the original areas, as COCO defines them).
+
+    Returns:
+        ``{"bbox": {...}, "segm": {...}}`` as :func:`maskdla.coco_eval.coco_metrics`: AP,
+        AP50, AP75, APs, APm, APl, AR and ``per_class`` in percent, -1 for "no ground truth
+        there". Under DDP only rank 0 scores; every rank returns its figures.
+    """
+    results = predict_coco_results(model, dataset, batch_size=batch_size, device=device, amp=amp,
+                                   num_workers=num_workers, classes=classes,
+                                   mask_threshold=mask_threshold, timings=timings)
+    metrics: Dict[str, dict] = {}
+    if not _distributed() or dist.get_rank() == 0:
+        start = time.perf_counter()
+        metrics = coco_metrics(dataset.coco, results, verbose=verbose)
+        if timings is not None:
+            timings["cocoeval"] = timings.get("cocoeval", 0.0) + time.perf_counter() - start
+    return broadcast_object(metrics)
+
+
+def write_json(path: Union[str, os.PathLike], data: Any) -> None:
+    """Write ``data`` as JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                             dir=path.parent)
+    except OSError as error:
+        raise InputError(f"cannot write: {error.strerror or error}", path) from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=2)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _check_writable(path: Optional[str]) -> None:
+    """Fail before a long evaluation, not after it, when an output cannot be written."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if Path(path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError("cannot write this output file (a folder, or no write permission)",
+                         path)
+
+
+def _device(name: Optional[str]) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device: unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is available")
+    return device
+
+
+def _test_size(config: Dict[str, Any]) -> Tuple[int, int]:
+    """(min_size, max_size) at test time: torchvision tests at the last training min_size."""
+    min_size = config.get("min_size") or 800
+    if isinstance(min_size, (list, tuple)):
+        min_size = min_size[-1]
+    return int(min_size), int(config.get("max_size") or 1333)
+
+
+def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
+    """The data to evaluate on: the flags' or, without them, the run's test data."""
+    config = checkpoint["config"]
+    min_size, max_size = _test_size(config)
+    options = {"classes": list(checkpoint["classes"]), "class_map": config.get("class_map"),
+               "min_size": min_size, "max_size": max_size}
+    if args.ann:
+        return Dataset.from_coco(args.ann, args.images, **options)
+    if args.data:
+        return Dataset.from_folder(args.data, split=args.split, **options)
+    if config.get("test_ann"):
+        return Dataset.from_coco(config["test_ann"], config["test_images"], **options)
+    if config.get("data"):
+        return Dataset.from_folder(config["data"], split=args.split, **options)
+    # as maskdla.train generates it (seed 0)
+    corpus = default_corpus(**{argument: config[key] for key, argument
+                               in SYNTHETIC_CONFIG_KEYS.items() if config.get(key) is not None})
+    return Dataset.from_folder(corpus, split=args.split, **options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m maskdla.eval",
+        description="COCO AP/AP50/AP75/APs/APm/APl/AR (bbox and segm, as pycocotools computes "
+                    "them) of a checkpoint on a data set, or of a saved COCO results file.")
+    parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                        help="a maskdla checkpoint; backbone, classes and image size come from "
+                             "its config, and so does the data unless --data or --ann is given")
+    parser.add_argument("--data", metavar="DIR",
+                        help="dataset folder (DIR/SPLIT/*.jpg with DIR/SPLIT/page/*.xml)")
+    parser.add_argument("--ann", metavar="JSON",
+                        help="COCO ground truth: with --images to run a model on its images, "
+                             "or with --predictions to score a results file")
+    parser.add_argument("--images", metavar="DIR", help="image folder of --ann")
+    parser.add_argument("--split", default="test",
+                        help="split folder of --data (or of the run's data) (default: test)")
+    parser.add_argument("--predictions", metavar="RESULTS_JSON",
+                        help="score this COCO results file (e.g. another system's output) "
+                             "against --ann, without a model")
+    parser.add_argument("--out", metavar="JSON", help="write the metrics to this file")
+    parser.add_argument("--save-results", metavar="JSON",
+                        help="also write the model's COCO results (RLE masks) to this file")
+    parser.add_argument("--batch-size", type=positive_int, default=2,
+                        help="images per forward pass (default: 2)")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="data loading worker processes (default: 2; 0 loads in-process)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show pycocotools' own output (its summary tables)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.predictions is not None:
+        if args.checkpoint or args.data or args.images or args.save_results:
+            parser.error("--predictions scores a results file against --ann; it takes no "
+                         "CHECKPOINT, --data, --images or --save-results")
+        if not args.ann:
+            parser.error("--predictions needs --ann GT.json")
+        _check_writable(args.out)
+        ground_truth = load_ground_truth(args.ann)
+        results = load_results(args.predictions, ground_truth)
+        metrics = coco_metrics(ground_truth, results, verbose=args.verbose)
+    else:
+        if not args.checkpoint:
+            parser.error("give a CHECKPOINT, or --predictions RESULTS.json --ann GT.json")
+        if args.data and (args.ann or args.images):
+            parser.error("give either --data or --ann with --images, not both")
+        if bool(args.ann) != bool(args.images):
+            parser.error("--ann and --images go together (or use --predictions with --ann)")
+        if args.workers < 0:
+            parser.error("--workers must be >= 0")
+        for output in (args.out, args.save_results):
+            _check_writable(output)
+        device = _device(args.device)
+        model, checkpoint = load_model(args.checkpoint, device)
+        dataset = _dataset(args, checkpoint)
+        results = predict_coco_results(model, dataset, batch_size=args.batch_size,
+                                       device=device, num_workers=args.workers,
+                                       classes=list(checkpoint["classes"]))
+        if args.save_results:
+            write_json(args.save_results, results)
+        metrics = coco_metrics(dataset.coco, results, verbose=args.verbose)
+    print(format_table(metrics))
+    if args.out:
+        write_json(args.out, metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

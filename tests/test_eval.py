@@ -1,0 +1,490 @@
+"""Evaluation: COCO metrics identical to pycocotools, conversions to original pixels, the
+model path on a tiny Mask R-CNN, and the CLI's answers to bad input."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from maskdla.checkpoint import save_checkpoint
+from maskdla.coco_eval import STAT_INDEX, coco_metrics, format_table, validate_results
+from maskdla.coco_results import (box_mask_to_rle, detections_to_coco_results,
+                                  paste_box_masks, scale_boxes)
+from maskdla.data.dataset import Dataset
+from maskdla.data.synthetic import CLASSES, generate_corpus
+from maskdla.errors import InputError
+from maskdla.eval import evaluate, predict_coco_results, raw_detections
+from maskdla.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+CATEGORIES = [{"id": 1, "name": "staff"}, {"id": 2, "name": "lyrics"},
+              {"id": 7, "name": "drop-capital"}]  # drop-capital has no instance
+
+
+def _box_annotation(annotation_id, image_id, category_id, x, y, w, h):
+    return {"id": annotation_id, "image_id": image_id, "category_id": category_id,
+            "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0,
+            "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+
+
+@pytest.fixture()
+def ground_truth():
+    """3 images of 128 x 96 px (the last without regions), medium and large regions only."""
+    images = [{"id": i, "file_name": f"{i}.png", "height": 128, "width": 96} for i in (1, 2, 3)]
+    boxes = [(1, 1, 4, 8, 88, 40), (1, 2, 4, 52, 88, 20), (1, 1, 4, 76, 80, 44),
+             (2, 1, 2, 2, 90, 110), (2, 2, 10, 80, 50, 30), (2, 2, 62, 82, 30, 36)]
+    annotations = [_box_annotation(i + 1, *box) for i, box in enumerate(boxes)]
+    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+def _polygon_rle(polygon, height=128, width=96):
+    return mask_utils.merge(mask_utils.frPyObjects([polygon], height, width))
+
+
+def _noisy_results(gt, seed=0):
+    """Shifted copies of the ground truth plus false positives; RLE masks and boxes."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for annotation in gt["annotations"] * 2:
+        x, y, w, h = (np.array(annotation["bbox"]) + rng.normal(0, 4, 4)).tolist()
+        x, y, w, h = max(x, 0), max(y, 0), max(w, 2), max(h, 2)
+        rle = _polygon_rle([x, y, x + w, y, x + 0.8 * w, y + h, x, y + h])
+        results.append({"image_id": annotation["image_id"], "score": float(rng.random()),
+                        "category_id": int(rng.choice([1, 2, 7])) if rng.random() < 0.3
+                        else annotation["category_id"], "bbox": [x, y, w, h],
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    return results
+
+
+def _pycocotools_stats(gt_path, results_path, iou_type):
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(gt_path))
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(str(results_path)), iou_type)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+# ------------------------------------------------------------------ scoring
+
+
+def test_metrics_equal_pycocotools_run_directly(ground_truth, tmp_path):
+    results = _noisy_results(ground_truth)
+    gt_path = _write(tmp_path / "gt.json", ground_truth)
+    # the official per-task results formats, scored by pycocotools as its users do
+    official = {"bbox": [{k: r[k] for k in ("image_id", "category_id", "score", "bbox")}
+                         for r in results],
+                "segm": [{k: r[k] for k in ("image_id", "category_id", "score", "segmentation")}
+                         for r in results]}
+    metrics = coco_metrics(ground_truth, results)
+    assert set(metrics) == {"bbox", "segm"}
+    for iou_type, task_results in official.items():
+        reference = _pycocotools_stats(gt_path, _write(tmp_path / f"{iou_type}.json",
+                                                       task_results), iou_type)
+        for name, index in STAT_INDEX.items():
+            expected = reference.stats[index]
+            expected = -1.0 if expected == -1 else expected * 100
+            assert metrics[iou_type][name] == pytest.approx(expected, abs=1e-9), (iou_type, name)
+        assert 0 < metrics[iou_type]["AP"] < 100
+        precision = reference.eval["precision"][:, :, :, 0, -1]
+        for k, category in enumerate(CATEGORIES):
+            valid = precision[:, :, k][precision[:, :, k] > -1]
+            expected = valid.mean() * 100 if valid.size else -1.0
+            assert metrics[iou_type]["per_class"][category["name"]] == pytest.approx(
+                expected, abs=1e-9)
+    # APl is defined (large regions), APs is not (no region under 32 x 32 px)
+    assert metrics["bbox"]["APs"] == -1 and metrics["bbox"]["APl"] != -1
+    # the class without instances reports pycocotools' -1, not a number
+    assert metrics["segm"]["per_class"]["drop-capital"] == -1
+
+
+def test_scoring_leaves_inputs_untouched(ground_truth):
+    results = _noisy_results(ground_truth)
+    gt_before, results_before = json.dumps(ground_truth), json.dumps(results)
+    coco_metrics(ground_truth, results)
+    assert json.dumps(ground_truth) == gt_before and json.dumps(results) == results_before
+
+
+def test_perfect_predictions_score_100(ground_truth):
+    results = []
+    for annotation in ground_truth["annotations"]:
+        rle = _polygon_rle(annotation["segmentation"][0])
+        results.append({"image_id": annotation["image_id"], "score": 1.0,
+                        "category_id": annotation["category_id"], "bbox": annotation["bbox"],
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    metrics = coco_metrics(ground_truth, results)
+    for figures in metrics.values():
+        for name in ("AP", "AP50", "AP75", "APm", "APl", "AR"):
+            assert figures[name] == pytest.approx(100.0)
+        assert figures["APs"] == -1
+        assert figures["per_class"] == {"staff": pytest.approx(100.0),
+                                        "lyrics": pytest.approx(100.0), "drop-capital": -1}
+
+
+def test_no_predictions_score_0(ground_truth):
+    metrics = coco_metrics(ground_truth, [])
+    for figures in metrics.values():
+        assert figures["AP"] == 0 and figures["AR"] == 0 and figures["APm"] == 0
+        assert figures["per_class"] == {"staff": 0, "lyrics": 0, "drop-capital": -1}
+
+
+def test_verbose_shows_pycocotools_output(ground_truth, capsys):
+    coco_metrics(ground_truth, [], iou_types=["bbox"])
+    assert capsys.readouterr().out == ""
+    coco_metrics(ground_truth, [], iou_types=["bbox"], verbose=True)
+    assert "Average Precision" in capsys.readouterr().out
+
+
+def test_box_only_results_score_bbox_only(ground_truth):
+    results = [{k: r[k] for k in ("image_id", "category_id", "score", "bbox")}
+               for r in _noisy_results(ground_truth)]
+    assert set(coco_metrics(ground_truth, results)) == {"bbox"}
+
+
+def test_polygon_results_are_scored_like_rle(ground_truth):
+    polygons = [dict(r, segmentation=[a["segmentation"][0]])
+                for r, a in zip(_noisy_results(ground_truth), ground_truth["annotations"])]
+    as_rle = []
+    for result in polygons:
+        rle = _polygon_rle(result["segmentation"][0])
+        as_rle.append(dict(result, segmentation={"size": rle["size"],
+                                                 "counts": rle["counts"].decode()}))
+    assert (coco_metrics(ground_truth, polygons)["segm"]
+            == coco_metrics(ground_truth, as_rle)["segm"])
+
+
+def test_table_has_study_rows_and_aps_only_with_small_objects(ground_truth):
+    table = format_table(coco_metrics(ground_truth, _noisy_results(ground_truth)))
+    lines = table.splitlines()
+    assert lines[0] == "| task | AP | AP50 | AP75 | APm | APl |"
+    assert lines[2].startswith("| Bounding Box | ") and lines[3].startswith("| Segmentation | ")
+    assert all(len(cell.strip().split(".")[1]) == 2 for cell in lines[2].split("|")[2:-1])
+    ground_truth["annotations"].append(_box_annotation(99, 3, 1, 5, 5, 20, 20))
+    table = format_table(coco_metrics(ground_truth, _noisy_results(ground_truth)))
+    assert table.splitlines()[0] == "| task | AP | AP50 | AP75 | APs | APm | APl |"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"image_id": 42}, "image_id 42"),
+    ({"category_id": 5}, "category_id 5"),
+    ({"score": "high"}, "score"),
+    ({"segmentation": {"size": [10, 10], "counts": "abc"}}, "size [128, 96]"),
+])
+def test_bad_results_are_input_errors(ground_truth, change, message):
+    results = _noisy_results(ground_truth)
+    results[3] = dict(results[3], **change)
+    with pytest.raises(InputError, match=re.escape(message)):
+        validate_results(results, ground_truth, "results.json")
+
+
+# ------------------------------------------------------------------ conversions
+
+
+def test_box_rle_equals_pycocotools_encode():
+    rng = np.random.default_rng(1)
+    height, width = 37, 29
+    cases = [(0, 0, np.ones((height, width), bool)),  # runs join across columns
+             (0, 0, rng.random((height, width)) > 0.5),
+             (30, 20, np.ones((7, 9), bool)),  # touches bottom-right corner
+             (0, 5, np.ones((height, 3), bool)),  # full columns
+             (4, 4, np.zeros((3, 3), bool)), (10, 10, np.zeros((0, 4), bool))]
+    cases += [(int(rng.integers(0, height - 8)), int(rng.integers(0, width - 8)),
+               rng.random((8, 8)) > 0.3) for _ in range(50)]
+    for top, left, mask in cases:
+        full = np.zeros((height, width), np.uint8, order="F")
+        full[top:top + mask.shape[0], left:left + mask.shape[1]] = mask
+        expected = mask_utils.encode(full)
+        rle = box_mask_to_rle((top, left, mask), (height, width))
+        assert rle == {"size": [height, width], "counts": expected["counts"].decode()}
+
+
+def test_paste_equals_torchvision_paste_thresholded():
+    generator = torch.Generator().manual_seed(0)
+    height, width = 70, 50
+    masks = torch.rand(20, 1, 28, 28, generator=generator)
+    corners = torch.rand(20, 2, 2, generator=generator) * torch.tensor([width, height])
+    boxes = torch.cat([corners.min(1).values, corners.max(1).values], 1)
+    boxes[0] = torch.tensor([0.0, 0.0, width, height])
+    expected = paste_masks_in_image(masks, boxes, (height, width))[:, 0] > 0.5
+    for (top, left, mask), reference in zip(paste_box_masks(masks, boxes, (height, width)),
+                                            expected):
+        full = np.zeros((height, width), bool)
+        full[top:top + mask.shape[0], left:left + mask.shape[1]] = mask
+        np.testing.assert_array_equal(full, reference.numpy())
+
+
+def test_detections_become_results_in_original_pixels():
+    detections = {"boxes": torch.tensor([[8.0, 8.0, 24.0, 32.0], [0.0, 0.0, 48.0, 64.0]]),
+                  "labels": torch.tensor([1, 3]), "scores": torch.tensor([0.9, 0.4]),
+                  "masks": torch.ones(2, 1, 28, 28)}
+    results = detections_to_coco_results(detections, 5, (64, 48), (128, 96), [10, 20, 30])
+    assert [r["category_id"] for r in results] == [10, 30]
+    assert [r["image_id"] for r in results] == [5, 5]
+    assert results[0]["score"] == pytest.approx(0.9)
+    assert results[0]["bbox"] == pytest.approx([16, 16, 32, 48])
+    assert results[1]["bbox"] == pytest.approx([0, 0, 96, 128])
+    assert results[1]["segmentation"]["size"] == [128, 96]
+    # an all-ones mask fills its box at the original size (the whole image here) but for
+    # the border torchvision's one-pixel zero padding blurs below 0.5
+    assert 0.98 * 128 * 96 < mask_utils.area(results[1]["segmentation"]) <= 128 * 96
+    box = mask_utils.toBbox(results[0]["segmentation"])
+    assert box == pytest.approx([16, 16, 32, 48], abs=2)
+    assert scale_boxes(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), (10, 20), (20, 20)).tolist() == [
+        [1.0, 4.0, 3.0, 8.0]]
+
+
+# ------------------------------------------------------------------ the model path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return generate_corpus(tmp_path_factory.mktemp("eval") / "corpus", pages=3, train=1,
+                           width=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128,
+                       box_detections_per_img=8, rpn_pre_nms_top_n_test=100,
+                       rpn_post_nms_top_n_test=50).eval()
+
+
+def test_detect_matches_the_models_own_forward(corpus, tiny_model):
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
+                                  max_size=128)
+    images = [dataset[0][0], dataset[1][0]]
+    with torch.inference_mode():
+        expected = tiny_model(images)
+        detections, sizes = raw_detections(tiny_model, images)
+    assert sizes == [tuple(image.shape[-2:]) for image in images]
+    for reference, found, size in zip(expected, detections, sizes):
+        torch.testing.assert_close(found["boxes"], reference["boxes"])
+        assert torch.equal(found["labels"], reference["labels"])
+        for (top, left, mask), pasted in zip(paste_box_masks(found["masks"], found["boxes"], size),
+                                             reference["masks"][:, 0] > 0.5):
+            full = np.zeros(size, bool)
+            full[top:top + mask.shape[0], left:left + mask.shape[1]] = mask
+            np.testing.assert_array_equal(full, pasted.numpy())
+    # autocast for backbone and RPN only: the heads still give float32 boxes and masks
+    with torch.inference_mode():
+        detections, _ = raw_detections(tiny_model, images, amp=True)
+    assert detections[0]["boxes"].dtype == detections[0]["masks"].dtype == torch.float32
+
+
+def test_evaluate_scores_in_original_pixels(corpus, tiny_model):
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
+                                  max_size=128)
+    tiny_model.train()
+    timings = {}
+    results = predict_coco_results(tiny_model, dataset, batch_size=2, timings=timings)
+    assert tiny_model.training  # mode restored
+    sizes = {image["id"]: (image["height"], image["width"]) for image in dataset.coco["images"]}
+    assert {r["image_id"] for r in results} <= set(sizes) and results
+    for result in results:
+        height, width = sizes[result["image_id"]]
+        x, y, w, h = result["bbox"]
+        assert 0 <= x and x + w <= width + 1e-3 and 0 <= y and y + h <= height + 1e-3
+        assert result["segmentation"]["size"] == [height, width]
+    # the original pages are larger than what the model saw
+    assert max(r["bbox"][1] + r["bbox"][3] for r in results) > 64
+    assert timings["images"] == 2 and timings["inference"] > 0
+    metrics = evaluate(tiny_model, dataset, batch_size=1)
+    assert metrics == coco_metrics(dataset.coco, results)
+    assert set(metrics["segm"]["per_class"]) == set(CLASSES)
+
+
+def test_evaluate_refuses_a_model_of_another_class_count(corpus):
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
+                                  max_size=128)
+    model = build_model("vovnet19slim", 3, min_size=64, max_size=128)
+    with pytest.raises(InputError, match="2 classes but the data has 3"):
+        evaluate(model, dataset)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _cli(*args, cwd=None, **environment):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               **environment)
+    return subprocess.run([sys.executable, "-m", "maskdla.eval", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _assert_clean_error(process, *words):
+    assert process.returncode == 2, process.stderr
+    assert "Traceback" not in process.stderr
+    assert process.stderr.startswith("maskdla: error: ") and process.stderr.count("\n") == 1
+    for word in words:
+        assert str(word) in process.stderr
+
+
+def test_cli_scores_a_results_file(ground_truth, tmp_path):
+    results = _noisy_results(ground_truth)
+    gt_path = _write(tmp_path / "gt.json", ground_truth)
+    results_path = _write(tmp_path / "results.json", results)
+    out = tmp_path / "out" / "metrics.json"
+    process = _cli("--predictions", results_path, "--ann", gt_path, "--out", out)
+    assert process.returncode == 0, process.stderr
+    assert "| Bounding Box |" in process.stdout and "| Segmentation |" in process.stdout
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(coco_metrics(ground_truth, results)))
+    assert set(written["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR", "per_class"}
+    assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+def test_cli_rejects_results_for_unknown_images(ground_truth, tmp_path):
+    results = _noisy_results(ground_truth)
+    results[0]["image_id"] = 77
+    results_path = _write(tmp_path / "results.json", results)
+    out = tmp_path / "metrics.json"
+    process = _cli("--predictions", results_path, "--ann", _write(tmp_path / "gt.json",
+                                                                  ground_truth), "--out", out)
+    _assert_clean_error(process, results_path, "image_id 77")
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128)
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pth"
+    config = {"backbone": "vovnet19slim", "norm": None, "min_size": [64], "max_size": 128,
+              "classes": list(CLASSES), "data": None}
+    save_checkpoint({"model": model.state_dict(), "config": config, "classes": list(CLASSES)},
+                    path)
+    return path
+
+
+@pytest.mark.slow
+def test_cli_evaluates_a_checkpoint(checkpoint, corpus, tmp_path):
+    out = tmp_path / "metrics.json"
+    results = tmp_path / "results.json"
+    process = _cli(checkpoint, "--data", corpus, "--split", "train", "--out", out,
+                   "--save-results", results, "--device", "cpu", "--workers", "1")
+    assert process.returncode == 0, process.stderr
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"bbox", "segm"}
+    # the saved results score to the same figures through --predictions
+    dataset = Dataset.from_folder(corpus, split="train", classes=list(CLASSES))
+    assert metrics == json.loads(json.dumps(coco_metrics(dataset.coco,
+                                                         json.loads(results.read_text()))))
+
+
+@pytest.mark.slow
+def test_cli_rejects_a_truncated_checkpoint(checkpoint, corpus, tmp_path):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(checkpoint.read_bytes()[:5000])
+    _assert_clean_error(_cli(broken, "--data", corpus), broken)
+
+
+@pytest.mark.slow
+def test_cli_rejects_a_checkpoint_of_another_class_count(corpus, tmp_path):
+    model = build_model("vovnet19slim", 3, min_size=64, max_size=128)
+    path = tmp_path / "two_classes.pth"
+    config = {"backbone": "vovnet19slim", "norm": None, "min_size": [64], "max_size": 128}
+    save_checkpoint({"model": model.state_dict(), "config": config,
+                     "classes": list(CLASSES)}, path)
+    _assert_clean_error(_cli(path, "--data", corpus), path, "shape")
+
+
+@pytest.mark.slow
+def test_cli_rejects_missing_and_corrupt_images(checkpoint, corpus, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES))
+    ann = _write(tmp_path / "gt.json", dataset.coco)
+    first = dataset.coco["images"][0]["file_name"]
+    _assert_clean_error(_cli(checkpoint, "--ann", ann, "--images", images), first)
+    for image in dataset.coco["images"]:
+        (images / image["file_name"]).write_bytes((corpus / "test" / image["file_name"])
+                                                  .read_bytes()[:200])
+    # decoded in a worker process: still one line
+    _assert_clean_error(_cli(checkpoint, "--ann", ann, "--images", images, "--workers", "1"),
+                        first)
+
+
+def _evaluate_on_rank(rank, world_size, store, corpus, out):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                                         world_size=world_size)
+    torch.manual_seed(0)
+    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128,
+                        box_detections_per_img=8, rpn_pre_nms_top_n_test=100,
+                        rpn_post_nms_top_n_test=50)
+    dataset = Dataset.from_folder(corpus, split=None, classes=list(CLASSES), min_size=64,
+                                  max_size=128)
+    timings = {}
+    results = predict_coco_results(model, dataset, batch_size=1, timings=timings)
+    metrics = evaluate(model, dataset, batch_size=1)
+    Path(f"{out}.{rank}").write_text(json.dumps({"results": results, "metrics": metrics,
+                                                 "images": timings["images"]}))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_ranks_share_the_images_and_agree(corpus, tmp_path):
+    # all three pages: rank 0 runs two, rank 1 one
+    pages = tmp_path / "pages"
+    (pages / "page").mkdir(parents=True)
+    for split in ("train", "test"):
+        for path in (corpus / split).glob("*.jpg"):
+            (pages / path.name).write_bytes(path.read_bytes())
+            xml = corpus / split / "page" / f"{path.stem}.xml"
+            (pages / "page" / xml.name).write_bytes(xml.read_bytes())
+    out = tmp_path / "rank"
+    torch.multiprocessing.spawn(_evaluate_on_rank, args=(2, tmp_path / "store", pages, out),
+                                nprocs=2)
+    ranks = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
+    assert [rank["images"] for rank in ranks] == [2, 1]
+    assert ranks[0]["results"] == ranks[1]["results"]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    torch.manual_seed(0)
+    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128,
+                        box_detections_per_img=8, rpn_pre_nms_top_n_test=100,
+                        rpn_post_nms_top_n_test=50)
+    dataset = Dataset.from_folder(pages, split=None, classes=list(CLASSES), min_size=64,
+                                  max_size=128)
+    alone = json.loads(json.dumps(predict_coco_results(model, dataset, batch_size=1)))
+    assert len({r["image_id"] for r in alone}) == 3
+    assert _rounded(ranks[0]["results"]) == _rounded(alone)
+
+
+def _rounded(results):
+    return [dict(r, score=round(r["score"], 5), bbox=[round(v, 3) for v in r["bbox"]])
+            for r in results]
+
+
+@pytest.mark.slow
+def test_cli_defaults_to_the_runs_synthetic_corpus(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128)
+    path = tmp_path / "synthetic.pth"
+    config = {"backbone": "vovnet19slim", "norm": None, "min_size": [64], "max_size": 128,
+              "data": None, "synthetic_pages": 2, "synthetic_train": 1, "synthetic_width": 64}
+    save_checkpoint({"model": model.state_dict(), "config": config, "classes": list(CLASSES)},
+                    path)
+    out = tmp_path / "metrics.json"
+    process = _cli(path, "--out", out, "--workers", "0", MASKDLA_CACHE=str(tmp_path / "cache"))
+    assert process.returncode == 0, process.stderr
+    assert set(json.loads(out.read_text())) == {"bbox", "segm"}
+    assert list((tmp_path / "cache").glob("synthetic-*-p2-t1-s0-w64/test/*.jpg"))
