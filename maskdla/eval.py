@@ -35,13 +35,10 @@ from maskdla.cli import positive_int, run_main
 from maskdla.coco_eval import coco_metrics, format_table, load_ground_truth, load_results
 from maskdla.coco_results import detections_to_coco_results
 from maskdla.data.dataset import Dataset
-from maskdla.data.synthetic import default_corpus
+from maskdla.data.sources import run_dataset
 from maskdla.distributed import all_gather_objects, broadcast_object
 from maskdla.errors import InputError
-
-#: run config key -> ``default_corpus`` argument, for runs on the embedded synthetic corpus
-SYNTHETIC_CONFIG_KEYS = {"synthetic_pages": "pages", "synthetic_train": "train",
-                         "synthetic_width": "width"}
+from maskdla.inference import raw_detections, resolve_device, test_size
 
 #: per-image data a worker sends back: image Float[3, H, W], COCO image id, (H0, W0)
 _Item = Tuple[torch.Tensor, int, Tuple[int, int]]
@@ -99,37 +96,6 @@ def _num_model_classes(model: torch.nn.Module) -> Optional[int]:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def raw_detections(model: torch.nn.Module, images: List[torch.Tensor], amp: bool = False
-                   ) -> Tuple[List[Dict[str, torch.Tensor]], List[Tuple[int, int]]]:
-    """MaskRCNN's eval forward without its postprocess.
-
-    Args:
-        model: a torchvision ``MaskRCNN`` in eval mode.
-        images: Float[3, H, W] tensors in [0, 1] on the model's device.
-        amp: run the backbone and RPN under autocast (float16 on CUDA, bfloat16 on CPU).
-            The RoI heads always run in float32: under autocast torchvision decodes the
-            boxes in half precision, 0.5-1 px steps at 800-1333 px, three times more once
-            scaled to the scan.
-
-    Returns:
-        per image ``boxes`` Float[N, 4] xyxy, ``labels``, ``scores`` in the pixels of the
-        model input and ``masks`` Float[N, 1, M, M] mask-head probabilities (not pasted);
-        and the input sizes (h, w) after the model's transform.
-    """
-    device_type = images[0].device.type
-    half = torch.float16 if device_type == "cuda" else torch.bfloat16
-    with torch.autocast(device_type=device_type, dtype=half, enabled=amp):
-        image_list, _ = model.transform(images)
-        features = model.backbone(image_list.tensors)
-        if isinstance(features, torch.Tensor):
-            features = {"0": features}
-        proposals, _ = model.rpn(image_list, features)
-    features = {name: feature.float() for name, feature in features.items()}
-    proposals = [boxes.float() for boxes in proposals]
-    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
-    return detections, [tuple(size) for size in image_list.image_sizes]
 
 
 def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
@@ -274,44 +240,18 @@ def _check_writable(path: Optional[str]) -> None:
                          path)
 
 
-def _device(name: Optional[str]) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device: unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA GPU is available")
-    return device
-
-
-def _test_size(config: Dict[str, Any]) -> Tuple[int, int]:
-    """(min_size, max_size) at test time: torchvision tests at the last training min_size."""
-    min_size = config.get("min_size") or 800
-    if isinstance(min_size, (list, tuple)):
-        min_size = min_size[-1]
-    return int(min_size), int(config.get("max_size") or 1333)
-
-
 def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
     """The data to evaluate on: the flags' or, without them, the run's test data."""
     config = checkpoint["config"]
-    min_size, max_size = _test_size(config)
-    options = {"classes": list(checkpoint["classes"]), "class_map": config.get("class_map"),
+    classes = list(checkpoint["classes"])
+    if not (args.ann or args.data):
+        return run_dataset(config, args.split, classes=classes)
+    min_size, max_size = test_size(config)
+    options = {"classes": classes, "class_map": config.get("class_map"),
                "min_size": min_size, "max_size": max_size}
     if args.ann:
         return Dataset.from_coco(args.ann, args.images, **options)
-    if args.data:
-        return Dataset.from_folder(args.data, split=args.split, **options)
-    if config.get("test_ann"):
-        return Dataset.from_coco(config["test_ann"], config["test_images"], **options)
-    if config.get("data"):
-        return Dataset.from_folder(config["data"], split=args.split, **options)
-    # as maskdla.train generates it (seed 0)
-    corpus = default_corpus(**{argument: config[key] for key, argument
-                               in SYNTHETIC_CONFIG_KEYS.items() if config.get(key) is not None})
-    return Dataset.from_folder(corpus, split=args.split, **options)
+    return Dataset.from_folder(args.data, split=args.split, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("--workers must be >= 0")
         for output in (args.out, args.save_results):
             _check_writable(output)
-        device = _device(args.device)
+        device = resolve_device(args.device)
         model, checkpoint = load_model(args.checkpoint, device)
         dataset = _dataset(args, checkpoint)
         results = predict_coco_results(model, dataset, batch_size=args.batch_size,

@@ -5,7 +5,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -14,6 +16,9 @@ from maskdla.data.resize import training_size
 
 #: convs in torchvision's (and detectron2's) mask head
 MASK_HEAD_CONVS = 4
+#: torchvision's FPN anchor sizes, one per level (strides 4-64)
+ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
+DEFAULT_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 #: width of torchvision's two-layer box head (TwoMLPHead)
 BOX_HEAD_REPRESENTATION = 1024
 
@@ -35,7 +40,8 @@ class PageTransform(GeneralizedRCNNTransform):
 def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = None,
                 norm: Optional[str] = None, min_size: Union[int, Sequence[int]] = 800,
                 max_size: int = 1333, freeze_at: int = 0, fpn_channels: Optional[int] = None,
-                vovnet_version: int = 2, **maskrcnn_kwargs: Any) -> MaskRCNN:
+                vovnet_version: int = 2, anchor_ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS,
+                **maskrcnn_kwargs: Any) -> MaskRCNN:
     """A torchvision ``MaskRCNN`` on backbone ``backbone``.
 
     Args:
@@ -46,6 +52,10 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
         min_size: short side at training (several: one picked per image) and test time
             (the last one).
         max_size: cap on the long side.
+        anchor_ratios: RPN anchor aspect ratios, height / width, at every FPN level
+            (default 0.5, 1, 2 as in torchvision and detectron2, the study's setting). Page
+            regions are often far wider than tall (a lyrics line is 20-40x wider than
+            tall); ratios like 0.1 and 0.25 give the RPN anchors of that shape.
         maskrcnn_kwargs: passed to torchvision's ``MaskRCNN`` (e.g.
             ``box_detections_per_img``, ``rpn_batch_size_per_image``).
 
@@ -72,6 +82,13 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
         classes_argument = None
     else:
         classes_argument = num_classes
+    ratios = tuple(float(ratio) for ratio in anchor_ratios)
+    if not ratios or min(ratios) <= 0:
+        raise ValueError(f"anchor ratios must be positive, got {anchor_ratios!r}")
+    if ratios != DEFAULT_ANCHOR_RATIOS:
+        maskrcnn_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(
+            ANCHOR_SIZES, (ratios,) * len(ANCHOR_SIZES)))
+        maskrcnn_kwargs.setdefault("rpn_head", RPNHead(width, len(ratios)))
     model = MaskRCNN(fpn, num_classes=classes_argument, min_size=min_sizes, max_size=max_size,
                      **maskrcnn_kwargs)
     transform = model.transform
@@ -90,6 +107,7 @@ def model_kwargs_from_config(config: Dict[str, Any]) -> Dict[str, Any]:
         "max_size": int(config.get("max_size") or 1333),
         "fpn_channels": config.get("fpn_channels"),
         "vovnet_version": int(config.get("vovnet_version") or 2),
+        "anchor_ratios": tuple(config.get("anchor_ratios") or DEFAULT_ANCHOR_RATIOS),
     }
 
 

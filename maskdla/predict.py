@@ -43,12 +43,13 @@ from tqdm import tqdm
 from maskdla.checkpoint import load_model
 from maskdla.cli import non_negative_float, positive_int, run_main
 from maskdla.coco_results import scale_boxes
-from maskdla.data.dataset import _decode_image
+from maskdla.data.dataset import decode_image
 from maskdla.data.page import Page, Region
 from maskdla.data.pagexml import write_page
 from maskdla.data.resize import training_size
 from maskdla.errors import InputError
-from maskdla.eval import _device, _test_size, raw_detections, write_json
+from maskdla.eval import write_json
+from maskdla.inference import raw_detections, resolve_device, test_size
 from maskdla.overlay import save_overlay
 from maskdla.vectorize import (instance_masks_to_polygons, merge_overlaps, reading_order,
                                snap_to_pixels)
@@ -199,7 +200,7 @@ class Predictor:
                  tolerance: float = 1.0, min_area: float = 0.0, largest_only: bool = False,
                  mask_thresh: float = 0.5, max_detections: Optional[int] = None,
                  amp: Optional[bool] = None):
-        self.device = device if isinstance(device, torch.device) else _device(device)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model, self.checkpoint = load_model(checkpoint, self.device)
         self.classes: List[str] = list(self.checkpoint["classes"])
         unknown = [name for name in no_merge_classes if name not in self.classes]
@@ -210,7 +211,7 @@ class Predictor:
                             ("mask_thresh", mask_thresh)):
             if not 0 <= value <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {value}")
-        self.min_size, self.max_size = _test_size(self.checkpoint["config"])
+        self.min_size, self.max_size = test_size(self.checkpoint["config"])
         # the model drops boxes at its own threshold (0.05) before the mask head runs
         self.model.roi_heads.score_thresh = score_thresh
         if max_detections is not None:
@@ -249,7 +250,7 @@ class Predictor:
             raise InputError(f"cannot read the image ({error})", path) from None
         height, width = training_size(size[1], size[0], self.min_size, self.max_size)
         # the Dataset's decoder: the very pixels the model was trained on
-        pixels = _decode_image(path, width, height, size)
+        pixels = decode_image(path, width, height, size)
         return _to_float_chw(pixels), (size[1], size[0]), path.name
 
     def _load_tensor(self, image: torch.Tensor) -> torch.Tensor:

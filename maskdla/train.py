@@ -24,7 +24,7 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -36,9 +36,10 @@ from maskdla.cli import non_negative_float, positive_int, run_main
 from maskdla.coco_eval import format_table
 from maskdla.data.pagexml import parse_class_map
 from maskdla.data.dataset import Dataset, GroupedBatchSampler, aspect_ratio_groups, collate_fn
-from maskdla.data.synthetic import default_corpus
+from maskdla.data.sources import run_datasets
 from maskdla.energy import EnergyMeter, efficiency_row, format_duration, merge_node_summaries, should_measure
 from maskdla.errors import InputError
+from maskdla.inference import resolve_device
 from maskdla.eval import evaluate
 from maskdla.model import build_model, model_kwargs_from_config
 from maskdla.schedule import LR_STEP_PRESETS, SchedulePlan, build_scheduler, plan
@@ -79,6 +80,8 @@ class TrainConfig:
     freeze_at: int = 0
     fpn_channels: Optional[int] = None
     vovnet_version: int = 2
+    #: RPN anchor aspect ratios (height / width); None = (0.5, 1, 2), the study's
+    anchor_ratios: Optional[List[float]] = None
     #: RoIs sampled per image for the box head's loss (torchvision/detectron2 default 512);
     #: fewer make a CPU step several times cheaper
     rois_per_image: int = 512
@@ -154,33 +157,6 @@ class TrainConfig:
 # data
 # --------------------------------------------------------------------------------------------
 
-def build_datasets(config: TrainConfig, *, train: bool = True) -> Tuple[Optional[Dataset], Dataset]:
-    """The run's (train, test) datasets; the train one only when ``train`` is True.
-
-    Sources, first match: ``data`` (dataset folder), ``train_ann``/``test_ann`` (COCO JSON),
-    else the embedded synthetic corpus (generated once, cached under ~/.cache/maskdla).
-    """
-    common = dict(classes=config.classes, class_map=config.class_map, max_size=config.max_size)
-    if config.train_ann or config.test_ann:
-        train_set = (Dataset.from_coco(config.train_ann, config.train_images, train=True,
-                                       min_size=tuple(config.min_size), **common)
-                     if train else None)
-        classes = train_set.classes if train_set else config.classes
-        test_set = Dataset.from_coco(config.test_ann, config.test_images,
-                                     min_size=config.min_size[-1], **dict(common, classes=classes))
-        return train_set, test_set
-    root = config.data
-    if not root:
-        root = str(default_corpus(pages=config.synthetic_pages, train=config.synthetic_train,
-                                  seed=0, width=config.synthetic_width))
-    train_set = (Dataset.from_folder(root, "train", train=True, min_size=tuple(config.min_size),
-                                     **common) if train else None)
-    classes = train_set.classes if train_set else config.classes
-    test_set = Dataset.from_folder(root, "test", min_size=config.min_size[-1],
-                                   **dict(common, classes=classes))
-    return train_set, test_set
-
-
 class EpochBatches:
     """Batch sampler of one rank: a DistributedSampler (shuffled by seed and epoch, so the
     order is reproducible) grouped by aspect ratio, that can start mid-epoch.
@@ -249,18 +225,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def resolve_device(name: Optional[str]) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise InputError(f"--device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def resolve_amp(amp: Optional[str], device: torch.device) -> str:
@@ -348,7 +312,7 @@ def _train(config: TrainConfig, device: torch.device, context: distributed.Distr
         checkpoint = load_checkpoint(resume_path)
         _check_resumable(config, checkpoint, resume_path)
 
-    train_set, test_set = build_datasets(config)
+    train_set, test_set = run_datasets(config.to_dict())
     classes = train_set.classes
     schedule = plan(config.epochs, len(train_set), config.batch_size, context.world_size,
                     config.lr_steps)
@@ -474,6 +438,24 @@ def _train(config: TrainConfig, device: torch.device, context: distributed.Distr
     return summary
 
 
+def train_step(model: torch.nn.Module, images: List[torch.Tensor], targets: List[Dict[str, torch.Tensor]],
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device,
+               autocast_dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """One optimisation step on a batch; returns the loss terms (``LOSS_NAMES`` order) as a
+    detached tensor on ``device``, so that reading them needs no host synchronisation."""
+    images = [image.to(device, non_blocking=True) for image in images]
+    targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()}
+               for target in targets]
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        losses = model(images, targets)
+    loss = sum(losses[name] for name in LOSS_NAMES)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return torch.stack([losses[name].detach().float() for name in LOSS_NAMES])
+
+
 def _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule: SchedulePlan,
           device, amp, context, iteration, run_dir, make_checkpoint, test_set, log) -> int:
     """Iterate from ``iteration`` to the end of the schedule; returns the last iteration."""
@@ -492,7 +474,7 @@ def _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule
     # Loss sums live on the device between log lines: no host sync inside the step.
     loss_sums = torch.zeros(len(LOSS_NAMES), device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    logged_iterations, window_start = 0, time.perf_counter()
+    logged_iterations, window_start, data_time = 0, time.perf_counter(), 0.0
     started = time.perf_counter()
     model.train()
     try:
@@ -501,21 +483,14 @@ def _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule
             # (per_epoch not an integer) still take whole batches per sampler epoch.
             epoch = iteration // batches_per_epoch
             batches.set_epoch(epoch, skip=iteration - epoch * batches_per_epoch)
+            waiting_since = time.perf_counter()
             for images, targets in loader:
-                images = [image.to(device, non_blocking=True) for image in images]
-                targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()}
-                           for target in targets]
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    losses = model(images, targets)
-                loss = sum(losses[name] for name in LOSS_NAMES)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                data_time += time.perf_counter() - waiting_since
+                losses = train_step(model, images, targets, optimizer, scaler, device, autocast_dtype)
                 scheduler.step()
                 iteration += 1
-                loss_sums += torch.stack([losses[name].detach().float() for name in LOSS_NAMES])
-                nonfinite |= ~torch.isfinite(loss.detach())
+                loss_sums += losses
+                nonfinite |= ~torch.isfinite(losses.sum())
                 logged_iterations += 1
                 bar.update(1)
                 last = iteration >= stop_at
@@ -527,14 +502,15 @@ def _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule
                               "lr": optimizer.param_groups[0]["lr"], "loss": sum(means),
                               **dict(zip(LOSS_NAMES, means)),
                               "time": time.perf_counter() - started,
-                              "images_per_s": logged_iterations * schedule.total_batch_size / elapsed}
+                              "images_per_s": logged_iterations * schedule.total_batch_size / elapsed,
+                              "data_wait_percent": 100 * data_time / elapsed}
                     if log_file:
                         log_file.write(json.dumps(record) + "\n")
                         log_file.flush()
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                                     img_s=f"{record['images_per_s']:.1f}")
                     loss_sums.zero_()
-                    logged_iterations, window_start = 0, time.perf_counter()
+                    logged_iterations, window_start, data_time = 0, time.perf_counter(), 0.0
                 if iteration in checkpoint_at:
                     state = make_checkpoint(iteration)
                     if context.is_main:
@@ -545,6 +521,7 @@ def _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule
                     model.train()
                 if last or iteration % batches_per_epoch == 0:
                     break
+                waiting_since = time.perf_counter()
     finally:
         bar.close()
         if log_file:
@@ -599,7 +576,8 @@ def _resume_path(config: TrainConfig, run_dir: Path) -> Optional[Path]:
 
 def _check_resumable(config: TrainConfig, checkpoint: Dict[str, Any], path: Path) -> None:
     saved = checkpoint["config"]
-    for key in ("backbone", "norm", "min_size", "max_size", "fpn_channels", "vovnet_version"):
+    for key in ("backbone", "norm", "min_size", "max_size", "fpn_channels", "vovnet_version",
+                "anchor_ratios"):
         ours = getattr(config, key) if key != "norm" else (config.norm or default_norm(config.pretrained))
         if key in saved and saved[key] != ours and not (key == "norm" and config.norm is None):
             raise InputError(f"cannot resume: the checkpoint was trained with {key}={saved[key]!r}, "
@@ -657,6 +635,16 @@ def _min_sizes(text: str) -> List[int]:
     return sizes
 
 
+def _ratios(text: str) -> List[float]:
+    try:
+        ratios = [float(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.25,0.5,1,2, got {text!r}") from None
+    if not ratios or min(ratios) <= 0:
+        raise argparse.ArgumentTypeError(f"ratios must be positive, got {text!r}")
+    return ratios
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -702,6 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fpn-channels", type=positive_int, help="FPN width (default 256; 128 for vovnet19lite/slim)")
     add("--vovnet-version", type=int, choices=(1, 2), default=defaults.vovnet_version,
         help="VoVNet OSA modules: 2 (eSE + identity) or 1 (plain)")
+    add("--anchor-ratios", type=_ratios, default=None,
+        help="RPN anchor aspect ratios height/width, e.g. 0.1,0.25,0.5,1,2 for wide text lines "
+             "(default 0.5,1,2 as in the study)")
     add("--rois-per-image", type=positive_int, default=defaults.rois_per_image,
         help="RoIs sampled per image for the box head's loss (fewer: faster CPU steps)")
     add("--amp", choices=("off", "fp16", "bf16"), help="mixed precision (default: bf16 on CUDA where supported, else off)")

@@ -26,7 +26,8 @@ from maskdla.coco_results import (box_mask_to_rle, detections_to_coco_results,
 from maskdla.data.dataset import Dataset
 from maskdla.data.synthetic import CLASSES, generate_corpus
 from maskdla.errors import InputError
-from maskdla.eval import evaluate, predict_coco_results, raw_detections
+from maskdla.eval import evaluate, predict_coco_results
+from maskdla.inference import raw_detections
 from maskdla.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -192,7 +192,7 @@ def test_a_malicious_checkpoint_is_refused_and_runs_no_code(tmp_path, capsys):
     (["--epochs", "-3"], "--epochs must be a positive number"),
     (["--lr-steps", "400,300"], "--lr-steps"),
     (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),
-    (["--device", "cuda:0"], "CUDA is not available"),
+    (["--device", "cuda:0"], "no CUDA GPU is available"),
     (["--data", "/nonexistent/data"], "/nonexistent/data"),
     (["--resume", "/nonexistent/last.pth"], "checkpoint file not found"),
     (["--class-map", "paragraph"], "expected OLD=NEW"),

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from maskdla.backbones.body import StagedBody
 from maskdla.backbones.norm import NormFactory
 
 #: bottleneck width (planes) of stages 2-5; each block outputs 4x this.
@@ -91,7 +92,7 @@ class ResNetStem(nn.Module):
         return self.pool(out)
 
 
-class ResNetBody(nn.Module):
+class ResNetBody(StagedBody):
     """``[B, 3, H, W]`` -> stage-5 features ``[B, 2048, H/32, W/32]``; children in forward
     order (stem, layer1..layer4) so torchvision's IntermediateLayerGetter can tap stages."""
 
@@ -120,24 +121,12 @@ class ResNetBody(nn.Module):
         layers += [Bottleneck(out_channels, planes, norm_layer=norm) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-        return x
-
     @staticmethod
     def remap_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """torchvision ResNet keys -> ours: ``conv1.*``/``bn1.*`` live under ``stem.``;
         the classifier ``fc.*`` has no place in a detection body and is dropped."""
-        remapped = {}
-        for key, value in state_dict.items():
-            if key.startswith("fc."):
-                continue
-            if key.startswith(("conv1.", "bn1.")):
-                key = "stem." + key
-            remapped[key] = value
-        return remapped
+        return {("stem." + key if key.startswith(("conv1.", "bn1.")) else key): value
+                for key, value in StagedBody.remap_state_dict(state_dict).items()}
 
 
 def _init_weights(body: nn.Module) -> None:

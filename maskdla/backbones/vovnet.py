@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from maskdla.backbones.body import StagedBody
 from maskdla.backbones.norm import NormFactory
 
 STEM_CHANNELS = (64, 64, 128)
@@ -101,7 +102,7 @@ class OSAModule(nn.Module):
         return out + x if self.identity else out
 
 
-class VoVNetBody(nn.Module):
+class VoVNetBody(StagedBody):
     """``[B, 3, H, W]`` -> stage-5 features at stride 32; children in forward order
     (stem, stage2..stage5) so torchvision's IntermediateLayerGetter can tap stages."""
 
@@ -133,18 +134,6 @@ class VoVNetBody(nn.Module):
             # He init for the feature convs; the eSE gate keeps PyTorch's default init.
             if isinstance(module, nn.Conv2d) and module.bias is None:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-        return x
-
-    @staticmethod
-    def remap_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Keys are ours already; classifier weights (``fc.*``/``classifier.*``) are dropped."""
-        return {key: value for key, value in state_dict.items()
-                if not key.startswith(("fc.", "classifier."))}
 
 
 def build_vovnet_body(config: VoVNetConfig, norm: NormFactory, version: int = 2) -> VoVNetBody:

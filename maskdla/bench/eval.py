@@ -32,7 +32,8 @@ from maskdla.coco_eval import coco_metrics
 from maskdla.coco_results import box_mask_to_rle, paste_box_masks, scale_boxes
 from maskdla.data.dataset import Dataset
 from maskdla.data.synthetic import CLASSES, default_corpus
-from maskdla.eval import predict_coco_results, raw_detections
+from maskdla.eval import predict_coco_results
+from maskdla.inference import raw_detections
 from maskdla.model import build_model
 
 DESCRIPTION = ("evaluation of N synthetic pages split into inference, mask pasting/RLE and "

@@ -16,6 +16,10 @@ _EXPORTS = {
     "training_size": "maskdla.data.resize",
     "read_page": "maskdla.data.pagexml",
     "write_page": "maskdla.data.pagexml",
+    "page_to_xml": "maskdla.data.pagexml",
+    "parse_class_map": "maskdla.data.pagexml",
+    "RepairReport": "maskdla.data.pagexml",
+    "PageWarning": "maskdla.data.pagexml",
     "pages_to_coco": "maskdla.data.coco",
     "folder_to_coco": "maskdla.data.coco",
     "coco_to_pages": "maskdla.data.coco",
@@ -23,6 +27,7 @@ _EXPORTS = {
     "Dataset": "maskdla.data.dataset",
     "GroupedBatchSampler": "maskdla.data.dataset",
     "collate_fn": "maskdla.data.dataset",
+    "aspect_ratio_groups": "maskdla.data.dataset",
     "generate_corpus": "maskdla.data.synthetic",
     "default_corpus": "maskdla.data.synthetic",
 }

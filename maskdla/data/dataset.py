@@ -183,7 +183,7 @@ def _rasterise_rle(rle: dict, height: int, width: int, out: np.ndarray) -> int:
     return int(np.count_nonzero(out))
 
 
-def _decode_image(path: Path, width: int, height: int, original: Tuple[int, int]) -> torch.Tensor:
+def decode_image(path: Path, width: int, height: int, original: Tuple[int, int]) -> torch.Tensor:
     """Image file -> uint8 [3, height, width], decoding no more pixels than needed.
 
     JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still covers the target size
@@ -367,7 +367,7 @@ class Dataset(torch.utils.data.Dataset):
         if self._cache is not None and key in self._cache:
             return self._cache[key]
         info = self._images[index]
-        pixels = _decode_image(self._paths[index], width, height, (info["width"], info["height"]))
+        pixels = decode_image(self._paths[index], width, height, (info["width"], info["height"]))
         if self._cache is not None:
             self._cache[key] = pixels
         return pixels

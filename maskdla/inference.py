@@ -1,0 +1,62 @@
+"""What evaluation, prediction and training share to run a model: the device, the test
+image size of a run, and Mask R-CNN's forward up to (not including) mask pasting."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from maskdla.errors import InputError
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    """``--device`` -> a torch device: None picks CUDA when available, else the CPU.
+    An unknown name or CUDA on a machine without it is an InputError."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device: unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is available")
+    return device
+
+
+def test_size(config: Dict[str, Any]) -> Tuple[int, int]:
+    """(min_size, max_size) at test time: torchvision tests at the last training min_size."""
+    min_size = config.get("min_size") or 800
+    if isinstance(min_size, (list, tuple)):
+        min_size = min_size[-1]
+    return int(min_size), int(config.get("max_size") or 1333)
+
+
+def raw_detections(model: torch.nn.Module, images: List[torch.Tensor], amp: bool = False
+                   ) -> Tuple[List[Dict[str, torch.Tensor]], List[Tuple[int, int]]]:
+    """MaskRCNN's eval forward without its postprocess.
+
+    Args:
+        model: a torchvision ``MaskRCNN`` in eval mode.
+        images: Float[3, H, W] tensors in [0, 1] on the model's device.
+        amp: run the backbone and RPN under autocast (float16 on CUDA, bfloat16 on CPU).
+            The RoI heads always run in float32: under autocast torchvision decodes the
+            boxes in half precision, 0.5-1 px steps at 800-1333 px, three times more once
+            scaled to the scan.
+
+    Returns:
+        per image ``boxes`` Float[N, 4] xyxy, ``labels``, ``scores`` in the pixels of the
+        model input and ``masks`` Float[N, 1, M, M] mask-head probabilities (not pasted);
+        and the input sizes (h, w) after the model's transform.
+    """
+    device_type = images[0].device.type
+    half = torch.float16 if device_type == "cuda" else torch.bfloat16
+    with torch.autocast(device_type=device_type, dtype=half, enabled=amp):
+        image_list, _ = model.transform(images)
+        features = model.backbone(image_list.tensors)
+        if isinstance(features, torch.Tensor):
+            features = {"0": features}
+        proposals, _ = model.rpn(image_list, features)
+    features = {name: feature.float() for name, feature in features.items()}
+    proposals = [boxes.float() for boxes in proposals]
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    return detections, [tuple(size) for size in image_list.image_sizes]
