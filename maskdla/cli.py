@@ -23,12 +23,21 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     try:
         code = main(argv)
     except InputError as error:
-        print(f"maskdla: error: {error}", file=sys.stderr)
+        print(f"maskdla: error: {one_line(str(error))}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("maskdla: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     sys.exit(code or 0)
+
+
+def one_line(message: str) -> str:
+    """The message itself when an InputError crossed a DataLoader worker: PyTorch re-raises
+    it with the worker's whole traceback as its text, whose last line is the original."""
+    if message.startswith("Caught InputError"):
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        return last.split("InputError: ", 1)[-1]
+    return message
 
 
 def positive_int(text: str) -> int:

@@ -364,6 +364,9 @@ def _train(config: TrainConfig, device: torch.device, context: distributed.Distr
 
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is None:  # a fresh run: no lines of an earlier attempt in its logs
+            for stale in ("log.jsonl", "metrics_history.jsonl"):
+                (run_dir / stale).unlink(missing_ok=True)
         _write_json(run_dir / "config.json", dict(config.to_dict(), world_size=context.world_size,
                                                   train_size=len(train_set), classes=classes))
     distributed.barrier()
@@ -567,6 +570,10 @@ def _resume_path(config: TrainConfig, run_dir: Path) -> Optional[Path]:
         last = run_dir / "checkpoint_last.pth"
         if (config.resume == "auto" or restarted) and last.is_file():
             return last
+        if last.is_file() or (run_dir / "checkpoint_final.pth").is_file():
+            # Starting afresh would overwrite a run that someone may want to keep.
+            raise InputError("the run folder holds a checkpoint already: continue it with "
+                             "--resume auto, or choose another --out", run_dir)
         return None
     path = Path(config.resume)
     if not path.is_file():

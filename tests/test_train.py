@@ -241,3 +241,38 @@ def test_two_process_gloo_run_under_torchrun_ends_with_identical_parameters(corp
     checksums = summary["parameter_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert "batch: 1 per process x 2 processes = 2" in result.stdout
+
+
+def test_an_input_error_from_a_loader_worker_is_reported_as_one_line(tmp_path, capsys):
+    from maskdla.data.dataset import Dataset
+
+    corpus = generate_corpus(tmp_path / "data", pages=3, train=2, seed=5, width=96)
+    dataset = Dataset.from_folder(corpus, "train", min_size=64, max_size=128)
+    broken = dataset.image_path(0)
+    broken.write_bytes(b"not an image")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=1,
+                                         collate_fn=lambda batch: batch)
+
+    def read_all(argv):
+        for _ in loader:
+            pass
+        return 0
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(read_all, [])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "Traceback" not in error
+    assert str(broken) in error
+
+
+def test_a_restarted_torchrun_worker_resumes_without_being_asked(tmp_path, monkeypatch):
+    from maskdla.train import _resume_path
+
+    config = TrainConfig(out=str(tmp_path))
+    assert _resume_path(config, tmp_path) is None  # nothing to resume
+    (tmp_path / "checkpoint_last.pth").write_bytes(b"")
+    with pytest.raises(InputError, match="holds a checkpoint already.*--resume auto"):
+        _resume_path(config, tmp_path)  # a fresh start neither resumes nor overwrites
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert _resume_path(config, tmp_path) == tmp_path / "checkpoint_last.pth"

@@ -1,0 +1,51 @@
+"""The training-step benchmark: its code path end to end on a tiny CPU setting, and its flags."""
+import argparse
+import json
+import math
+import tempfile
+
+import pytest
+
+from maskdla.bench.__main__ import main
+from maskdla.bench.train import parse_size
+
+
+def test_parse_size_takes_either_order_and_rejects_nonsense():
+    assert parse_size("800x1333") == (800, 1333)
+    assert parse_size("1333X800") == (1333, 800)
+    for bad in ("800", "800x", "axb", "0x100", "1x2x3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(bad)
+
+
+@pytest.mark.slow  # 3-35 s on the shared 2-core CPU
+def test_tiny_benchmark_reports_sane_figures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["train", "--size", "64x96", "--batch-size", "1", "--steps", "2", "--warmup", "1",
+                 "--repeats", "1", "--workers", "0", "--rois-per-image", "16", "--device", "cpu",
+                 "--json"]) == 0
+    output = capsys.readouterr().out
+    figures = json.loads(output.strip().splitlines()[-1])
+    assert "overhead of ours over bare" in output and "instrumented step" in output
+    for key in ("images_per_s", "bare_images_per_s"):
+        assert figures[key] > 0
+    for key in ("overhead_percent", "data_wait_percent", "bare_data_wait_percent"):
+        assert math.isfinite(figures[key])
+    assert 0 <= figures["data_wait_percent"] < 100
+    assert figures["overhead_percent"] > -100
+    assert set(figures["phases_s"]) == {"data wait", "host-to-device copy", "forward", "backward",
+                                        "optimizer"}
+    assert all(seconds >= 0 for seconds in figures["phases_s"].values())
+    assert figures["phases_s"]["forward"] > 0 and figures["phases_s"]["backward"] > 0
+    # same model, seed and batch: the bare loop's first step computes our loop's losses
+    assert figures["same_first_step_losses"] is True
+    assert figures["peak_rss_mib"] > 0
+    assert figures["size"] == [64, 96] and figures["device"] == "cpu" and figures["machine"]
+    assert list(tmp_path.iterdir()) == []  # the corpus and run folders are removed
+
+
+def test_bad_flags_are_one_line_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--size", "big"])
+    assert exit_info.value.code == 2
+    assert "expected HxW" in capsys.readouterr().err
