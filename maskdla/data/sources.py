@@ -29,7 +29,8 @@ def run_dataset(config: Mapping[str, Any], split: str, *, train: bool = False,
     min_sizes = list(config.get("min_size") or [800])
     options = dict(classes=list(classes) if classes is not None else config.get("classes"),
                    class_map=config.get("class_map"), max_size=int(config.get("max_size") or 1333),
-                   min_size=tuple(min_sizes) if train else min_sizes[-1], train=train)
+                   min_size=tuple(min_sizes) if train else min_sizes[-1], train=train,
+                   cache=bool(train and config.get("cache_images")))
     if config.get("train_ann") or config.get("test_ann"):
         annotations = config.get(f"{split}_ann") or config["test_ann"]
         images = config.get(f"{split}_images") if config.get(f"{split}_ann") else config.get("test_images")
