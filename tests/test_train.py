@@ -119,7 +119,8 @@ def test_run_folder_contents_and_summary(corpus, tmp_path):
         assert (run / name).is_file(), name
     checkpoint = load_checkpoint(run / "checkpoint_final.pth")
     assert set(checkpoint) == {"model", "optimizer", "scheduler", "scaler", "epoch", "iteration",
-                               "rng", "config", "classes"}
+                               "rng", "config", "classes", "progress"}
+    assert checkpoint["progress"]["training_time_s"] > 0
     assert checkpoint["classes"] == ["drop-capital", "lyrics", "staff"]
     assert checkpoint["config"]["norm"] == "gn"  # resolved default, so eval can rebuild it
     record = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
@@ -227,7 +228,7 @@ def test_maskdla_train_is_callable_and_a_module():
 def test_two_process_gloo_run_under_torchrun_ends_with_identical_parameters(corpus, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_port=0" if False else "--rdzv-endpoint=localhost:0",
+               "--standalone",
                "-m", "maskdla.train", "--backbone", "vovnet19slim", "--data", str(corpus),
                "--epochs", "1", "--batch-size", "1", "--min-size", "64", "--max-size", "128",
                "--workers", "0", "--device", "cpu", "--no-energy", "--out", str(out),
