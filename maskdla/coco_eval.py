@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import math
 from os import PathLike
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -36,6 +35,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskdla.errors import InputError
+from maskdla.files import read_json
 
 IOU_TYPES = ("bbox", "segm")
 #: metric name -> index in ``COCOeval.stats``
@@ -49,18 +49,6 @@ PathType = Union[str, PathLike]
 def _quiet(verbose: bool):
     """Context that swallows pycocotools' prints unless ``verbose``."""
     return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-
-
-def _read_json(path: PathType, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except FileNotFoundError:
-        raise InputError(f"{what} not found", path) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read {what}: {error}", path) from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"not valid JSON ({error})", path) from None
 
 
 def validate_ground_truth(gt: Any, path: Optional[PathType] = None) -> None:
@@ -93,7 +81,7 @@ def validate_ground_truth(gt: Any, path: Optional[PathType] = None) -> None:
 
 def load_ground_truth(path: PathType) -> dict:
     """Read and validate a COCO ground-truth JSON file."""
-    gt = _read_json(path, "ground-truth file")
+    gt = read_json(path, "ground-truth file")
     validate_ground_truth(gt, path)
     return gt
 
@@ -151,7 +139,7 @@ def validate_results(results: Any, gt: dict, path: Optional[PathType] = None) ->
 
 def load_results(path: PathType, gt: dict) -> List[dict]:
     """Read a COCO results JSON file and validate it against ``gt``."""
-    results = _read_json(path, "results file")
+    results = read_json(path, "results file")
     validate_results(results, gt, path)
     return results
 

@@ -20,9 +20,9 @@ from typing import List, Optional, Sequence
 
 from maskdla.cli import run_main
 from maskdla.data.coco import coco_to_pages, collect_xml, load_coco, pages_to_coco, read_pages
-from maskdla.data.pagexml import (PageWarning, RepairReport, parse_class_map, page_to_xml,
-                                  write_bytes_atomic)
+from maskdla.data.pagexml import PageWarning, RepairReport, parse_class_map, page_to_xml
 from maskdla.errors import InputError
+from maskdla.files import write_bytes_atomic
 
 #: Region warnings printed one per line; the rest are counted.
 MAX_WARNINGS_SHOWN = 20

@@ -18,9 +18,7 @@ file, without a model.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -38,6 +36,7 @@ from maskdla.data.dataset import Dataset
 from maskdla.data.sources import run_dataset
 from maskdla.distributed import all_gather_objects, broadcast_object
 from maskdla.errors import InputError
+from maskdla.files import write_json_atomic
 from maskdla.inference import raw_detections, resolve_device, test_size
 
 #: per-image data a worker sends back: image Float[3, H, W], COCO image id, (H0, W0)
@@ -208,26 +207,6 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
     return broadcast_object(metrics)
 
 
-def write_json(path: Union[str, os.PathLike], data: Any) -> None:
-    """Write ``data`` as JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                             dir=path.parent)
-    except OSError as error:
-        raise InputError(f"cannot write: {error.strerror or error}", path) from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def _check_writable(path: Optional[str]) -> None:
     """Fail before a long evaluation, not after it, when an output cannot be written."""
     if path is None:
@@ -318,11 +297,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        device=device, num_workers=args.workers,
                                        classes=list(checkpoint["classes"]))
         if args.save_results:
-            write_json(args.save_results, results)
+            write_json_atomic(args.save_results, results)
         metrics = coco_metrics(dataset.coco, results, verbose=args.verbose)
     print(format_table(metrics))
     if args.out:
-        write_json(args.out, metrics)
+        write_json_atomic(args.out, metrics)
     return 0
 
 

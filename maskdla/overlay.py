@@ -15,7 +15,7 @@ from typing import Dict, Sequence, Tuple, Union
 from PIL import Image, ImageDraw, ImageFont
 
 from maskdla.data.page import Page
-from maskdla.data.pagexml import write_bytes_atomic
+from maskdla.files import write_bytes_atomic
 from maskdla.errors import InputError
 
 __all__ = ["STUDY_COLOURS", "PALETTE", "class_colours", "draw_overlay", "save_overlay"]

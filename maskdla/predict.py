@@ -48,7 +48,7 @@ from maskdla.data.page import Page, Region
 from maskdla.data.pagexml import write_page
 from maskdla.data.resize import training_size
 from maskdla.errors import InputError
-from maskdla.eval import write_json
+from maskdla.files import write_json_atomic
 from maskdla.inference import raw_detections, resolve_device, test_size
 from maskdla.overlay import save_overlay
 from maskdla.vectorize import (instance_masks_to_polygons, merge_overlaps, reading_order,
@@ -474,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 progress.update(1)
     progress.close()
     if args.coco:
-        write_json(args.coco, coco_results)
+        write_json_atomic(args.coco, coco_results)
     done = len(paths) - len(set(failed))
     print(f"{done} of {len(paths)} images -> {out / 'page'} ({regions} regions)"
           + (f"; {len(set(failed))} failed" if failed else ""), file=sys.stderr)

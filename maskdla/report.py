@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from maskdla.cli import run_main
-from maskdla.data.pagexml import write_bytes_atomic
+from maskdla.files import read_json, write_bytes_atomic
 from maskdla.energy import efficiency_row, format_duration, savings_percent
 from maskdla.errors import InputError
 
@@ -90,13 +90,7 @@ class RunRecord:
 
 def _read_json_object(path: Path) -> Dict[str, Any]:
     """A JSON file holding one object; InputError naming the file otherwise."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            value = json.load(file)
-    except OSError as error:
-        raise InputError(f"cannot read: {error.strerror or error}", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"malformed JSON: {error}", path) from None
+    value = read_json(path)
     if not isinstance(value, dict):
         raise InputError("malformed: expected a JSON object", path)
     return value

@@ -39,6 +39,7 @@ from maskdla.data.dataset import Dataset, GroupedBatchSampler, aspect_ratio_grou
 from maskdla.data.sources import run_datasets
 from maskdla.energy import EnergyMeter, efficiency_row, format_duration, merge_node_summaries, should_measure
 from maskdla.errors import InputError
+from maskdla.files import write_json_atomic
 from maskdla.inference import resolve_device
 from maskdla.eval import evaluate
 from maskdla.model import build_model, model_kwargs_from_config
@@ -275,16 +276,6 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
 
 
-def _write_json(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
-
-
-# --------------------------------------------------------------------------------------------
-# the loop
-# --------------------------------------------------------------------------------------------
-
 def train(config: TrainConfig) -> Dict[str, Any]:
     """Train (or resume) the run ``config`` describes; evaluate on the test split at the end.
 
@@ -370,7 +361,7 @@ def _train(config: TrainConfig, device: torch.device, context: distributed.Distr
         if checkpoint is None:  # a fresh run: no lines of an earlier attempt in its logs
             for stale in ("log.jsonl", "metrics_history.jsonl"):
                 (run_dir / stale).unlink(missing_ok=True)
-        _write_json(run_dir / "config.json", dict(config.to_dict(), world_size=context.world_size,
+        write_json_atomic(run_dir / "config.json", dict(config.to_dict(), world_size=context.world_size,
                                                   train_size=len(train_set), classes=classes))
     distributed.barrier()
 
@@ -435,8 +426,8 @@ def _train(config: TrainConfig, device: torch.device, context: distributed.Distr
                "energy": totals["energy"] if config.energy else None,
                "parameter_checksums": checksums, "metrics": metrics}
     if context.is_main:
-        _write_json(run_dir / "metrics.json", metrics)
-        _write_json(run_dir / "summary.json", summary)
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        write_json_atomic(run_dir / "summary.json", summary)
         (run_dir / "summary.md").write_text(summary_markdown(config, summary))
         log(format_table(metrics))
         log(f"training time {format_duration(training_time)}, {summary['images_per_s']:.2f} images/s; "

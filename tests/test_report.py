@@ -173,7 +173,7 @@ def test_missing_and_malformed_runs_are_named_and_the_rest_reported(study_runs, 
     captured = capsys.readouterr()
     err = captured.err
     assert f"maskdla: warning: skipped {missing}: no such run folder" in err
-    assert f"skipped {broken / 'metrics.json'}: malformed JSON" in err
+    assert f"skipped {broken / 'metrics.json'}: not valid JSON" in err
     assert f"skipped {unfinished}: nothing to report yet" in err
     assert f"{resnet / 'log.jsonl'}: skipped 1 malformed line(s): 21" in err
     assert "Traceback" not in err

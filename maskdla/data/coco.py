@@ -6,7 +6,6 @@ area, bbox x, y, w, h, iscrowd 0); :func:`folder_to_coco` does it for a dataset 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -16,6 +15,7 @@ from shapely.geometry import Polygon
 from maskdla.data.page import Page, Point, Region
 from maskdla.data.pagexml import ClassMap, PathLike, RepairReport, find_image, read_page
 from maskdla.errors import InputError
+from maskdla.files import read_json
 
 
 def pages_to_coco(entries: Iterable[Tuple[Page, str]],
@@ -170,13 +170,7 @@ def load_coco(path: PathLike) -> Dict[str, Any]:
         InputError: unreadable or broken JSON, a missing list or key, an annotation
             without segmentation and bbox, or one naming an unknown image or category.
     """
-    try:
-        with open(path, encoding="utf-8") as file:
-            coco = json.load(file)
-    except OSError as error:
-        raise InputError(f"cannot read the file ({error.strerror})", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"not valid JSON ({error})", path) from None
+    coco = read_json(path, "COCO file")
     if not isinstance(coco, dict):
         raise InputError("not a COCO file: the top level is not an object", path)
     for key, fields in _REQUIRED.items():

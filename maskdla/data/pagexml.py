@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from shapely.geometry import Polygon, box
 
 from maskdla.data.page import Page, Point, Region, TextLine
 from maskdla.errors import InputError
+from maskdla.files import write_bytes_atomic
 
 PathLike = Union[str, "os.PathLike[str]"]
 ClassMap = Mapping[str, Optional[str]]
@@ -406,22 +406,6 @@ def _text_lines(region: ET.Element, region_id: str, path: PathLike) -> Iterator[
 
 
 # --------------------------------------------------------------------------- writing
-
-def write_bytes_atomic(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and os.replace,
-    so readers never see a half-written file. The file gets the usual permissions
-    (umask), unlike a mkstemp file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
 
 _XML_ID = re.compile(r"^[A-Za-z_][\w.-]*$")
 
