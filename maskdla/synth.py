@@ -10,19 +10,9 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from maskdla.cli import positive_int, run_main
+from maskdla.cli import non_negative_int, positive_int, run_main
 from maskdla.data.synthetic import (CLASSES, DEFAULT_PAGES, DEFAULT_TRAIN, DEFAULT_WIDTH,
                                     generate_corpus)
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="corpus folder to create (must not exist or be empty)")
     parser.add_argument("--pages", type=positive_int, default=DEFAULT_PAGES,
                         help=f"pages in all (default {DEFAULT_PAGES}, as VORAU-253)")
-    parser.add_argument("--train", type=_non_negative_int, default=DEFAULT_TRAIN,
+    parser.add_argument("--train", type=non_negative_int, default=DEFAULT_TRAIN,
                         help=f"pages of the training split, the rest are test pages "
                              f"(default {DEFAULT_TRAIN})")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
