@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from maskdla.cli import positive_int, run_main
+from maskdla.cli import positive_float, positive_int, run_main
 from maskdla.data.coco import collect_xml
 from maskdla.errors import InputError
 from maskdla.schedule import SchedulePlan, plan
@@ -387,16 +386,6 @@ def _parse_override(text: str) -> Tuple[str, Any]:
     return key.strip(), value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (0 < value and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m maskdla.experiments",
@@ -417,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                      help="GPUs (processes) per run; N > 1 launches torchrun "
                           "(default: 1). total_batch_size is split over them")
-    run.add_argument("--scale", type=_positive_float, metavar="F",
+    run.add_argument("--scale", type=positive_float, metavar="F",
                      help="smoke run: epochs, warmup and image size times F (images at "
                           f"least {MIN_SCALED_SIZE} px), into <out_dir>-scale<F>; "
                           "e.g. 0.01 for a CPU check of the wiring")

@@ -425,13 +425,18 @@ def test_cli_rejects_missing_and_corrupt_images(checkpoint, corpus, tmp_path):
                         first)
 
 
+def _seeded_tiny_model():
+    """The same untrained model in every process: seed 0, few detections."""
+    torch.manual_seed(0)
+    return build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128,
+                       box_detections_per_img=8, rpn_pre_nms_top_n_test=100,
+                       rpn_post_nms_top_n_test=50)
+
+
 def _evaluate_on_rank(rank, world_size, store, corpus, out):
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
                                          world_size=world_size)
-    torch.manual_seed(0)
-    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128,
-                        box_detections_per_img=8, rpn_pre_nms_top_n_test=100,
-                        rpn_post_nms_top_n_test=50)
+    model = _seeded_tiny_model()
     dataset = Dataset.from_folder(corpus, split=None, classes=list(CLASSES), min_size=64,
                                   max_size=128)
     timings = {}
@@ -459,10 +464,7 @@ def test_distributed_ranks_share_the_images_and_agree(corpus, tmp_path):
     assert [rank["images"] for rank in ranks] == [2, 1]
     assert ranks[0]["results"] == ranks[1]["results"]
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
-    torch.manual_seed(0)
-    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128,
-                        box_detections_per_img=8, rpn_pre_nms_top_n_test=100,
-                        rpn_post_nms_top_n_test=50)
+    model = _seeded_tiny_model()
     dataset = Dataset.from_folder(pages, split=None, classes=list(CLASSES), min_size=64,
                                   max_size=128)
     alone = json.loads(json.dumps(predict_coco_results(model, dataset, batch_size=1)))
