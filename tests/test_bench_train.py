@@ -1,4 +1,4 @@
-"""The training-step benchmark: its code path end to end on a tiny CPU setting, and its flags."""
+"""The benchmarks end to end on tiny CPU settings (training step, loader), and their flags."""
 import argparse
 import json
 import math
@@ -49,3 +49,23 @@ def test_bad_flags_are_one_line_errors(capsys):
         main(["train", "--size", "big"])
     assert exit_info.value.code == 2
     assert "expected HxW" in capsys.readouterr().err
+
+
+# pycocotools (the naive pipeline's rasteriser) warns about numpy 2's __array__ protocol
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+def test_tiny_loader_benchmark_reports_every_pipeline(tmp_path, monkeypatch, capsys):
+    """The loader bench end to end on 2 small pages: every pipeline timed, simplejpeg
+    switched back on after its PIL-decoding row."""
+    from maskdla.data import dataset as dataset_module
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    simplejpeg = dataset_module.simplejpeg
+    assert main(["loader", "--pages", "2", "--repeats", "1", "--width", "540", "--json"]) == 0
+    output = capsys.readouterr().out
+    figures = json.loads(output.strip().splitlines()[-1])
+    assert "ours, PIL decoding" in output and "naive" in output
+    for key in ("pages_per_s", "pages_per_cpu_s", "pil_decoding_pages_per_s",
+                "naive_pages_per_s", "cached_pages_per_s", "speedup"):
+        assert figures[key] > 0, key
+    assert figures["regions_per_page"] == 25 and figures["pages"] == 2
+    assert dataset_module.simplejpeg is simplejpeg

@@ -264,6 +264,76 @@ def test_exif_orientation_is_applied(tmp_path):
     assert image[:, :, -10:].mean() < 0.1 and image[:, :, :100].mean() > 0.9
 
 
+def _noisy_page(size=(540, 780), mode="RGB") -> Image.Image:
+    """A page with detail at every scale, so a decoder that skips work shows."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (size[1] // 20, size[0] // 20, 3), dtype=np.uint8)
+    page = Image.fromarray(pixels).resize(size, Image.BICUBIC)
+    ImageDraw.Draw(page).line([(0, 0), size], fill=(0, 0, 0), width=3)
+    return page.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_decoders_agree(tmp_path, monkeypatch, mode):
+    """simplejpeg (straight into an array) and PIL's draft pick the same DCT scale and give
+    the same pixels, for colour and grey JPEG, at 1/1 (up- and unscaled), 1/2 and 1/4 scale."""
+    from maskdla.data import dataset as dataset_module
+
+    path = tmp_path / "page.jpg"
+    _noisy_page(mode=mode).save(path, quality=90)
+    used = []
+    direct = dataset_module._decode_jpeg_direct
+    monkeypatch.setattr(dataset_module, "_decode_jpeg_direct",
+                        lambda *args: used.append(1) or direct(*args))
+    for width, height in [(800, 1156), (540, 780), (300, 433), (200, 289), (100, 144)]:
+        fast = dataset_module.decode_image(path, width, height, (540, 780))
+        with monkeypatch.context() as patch:
+            patch.setattr(dataset_module, "simplejpeg", None)
+            slow = dataset_module.decode_image(path, width, height, (540, 780))
+        assert fast.shape == slow.shape == (3, height, width) and fast.dtype == torch.uint8
+        assert (fast.int() - slow.int()).abs().max() <= 2, (width, height)
+    assert len(used) == 10  # the fast path was tried every time
+
+
+def test_power_of_two_dct_factor():
+    from maskdla.data.dataset import _power_of_two_factor
+
+    assert _power_of_two_factor((2700, 3900), (800, 1156)) == 2
+    assert _power_of_two_factor((2700, 3900), (675, 975)) == 4
+    assert _power_of_two_factor((2700, 3900), (300, 433)) == 8  # never below 1/8
+    assert _power_of_two_factor((2700, 3900), (2700, 3900)) == 1
+    assert _power_of_two_factor((1000, 3900), (800, 1156)) == 1  # the narrower side decides
+    assert _power_of_two_factor((540, 780), (800, 1156)) == 1  # upsampled after decoding
+
+
+def test_jpeg_that_simplejpeg_refuses_goes_to_pil(tmp_path):
+    """Stray bytes before a marker: libjpeg warns, simplejpeg (strict) refuses, PIL decodes;
+    a truncated file is an error either way; CMYK goes to PIL, which knows Adobe's kind."""
+    from maskdla.data import dataset as dataset_module
+
+    page = _noisy_page()
+    clean = tmp_path / "clean.jpg"
+    page.save(clean, quality=90)
+    data = clean.read_bytes()
+    scan = data.index(b"\xff\xda")  # start of scan: junk before it is a recoverable error
+    stray = tmp_path / "stray.jpg"
+    stray.write_bytes(data[:scan] + b"\x00\x00" + data[scan:])
+    assert dataset_module._decode_jpeg_direct(stray, (540, 780), (270, 390)) is None
+    decoded = dataset_module.decode_image(stray, 270, 390, (540, 780))
+    expected = dataset_module.decode_image(clean, 270, 390, (540, 780))
+    assert (decoded.int() - expected.int()).abs().max() <= 2
+
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data[:len(data) // 2])
+    with pytest.raises(InputError, match="truncated.jpg: cannot read the image"):
+        dataset_module.decode_image(truncated, 270, 390, (540, 780))
+
+    cmyk = tmp_path / "cmyk.jpg"
+    page.convert("CMYK").save(cmyk, quality=95)
+    decoded = dataset_module.decode_image(cmyk, 270, 390, (540, 780))
+    assert (decoded.float() - expected.float()).abs().mean() < 8
+
+
 def test_image_size_must_match_its_annotations(tmp_path):
     _blank_page(tmp_path, "page.jpg", size=(300, 200))
     coco = {"images": [{"id": 1, "file_name": "page.jpg", "width": 200, "height": 300}],

@@ -6,15 +6,18 @@ in this process with one torch thread (= one DataLoader worker):
 
 * ours: ``Dataset.__getitem__`` (reduced JPEG decoding, masks rasterised at the small
   size inside each region's box);
+* ours with PIL decoding: the same with simplejpeg switched off, as on a platform without
+  its wheel (JPEG through PIL ``draft`` and ``np.array``);
 * naive: decode at full size, rasterise full-size masks (pycocotools, as torchvision's
   detection references do), then resize both (bilinear image, nearest masks on uint8,
   which is kinder to the naive side than torchvision's float masks).
 
-Passes over all pages alternate between the two; figures are medians over the passes.
+Passes over all pages alternate between the pipelines; figures are medians over the passes.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from maskdla.cli import positive_int
+from maskdla.data import dataset as dataset_module
 from maskdla.data.dataset import Dataset, training_size
 from maskdla.data.pagexml import write_page
 from maskdla.data.synthetic import JPEG_QUALITY, render_page
@@ -80,6 +84,17 @@ def naive_item(path: Path, annotations: List[Dict[str, Any]], height: int,
     return small, small_masks
 
 
+@contextlib.contextmanager
+def _pil_decoding():
+    """The Dataset as it runs where simplejpeg is not installed."""
+    simplejpeg = dataset_module.simplejpeg
+    dataset_module.simplejpeg = None
+    try:
+        yield
+    finally:
+        dataset_module.simplejpeg = simplejpeg
+
+
 def _timed(function: Callable[[], None]) -> Tuple[float, float]:
     """(wall seconds, CPU seconds of this thread) of one call."""
     wall, cpu = time.perf_counter(), time.thread_time()
@@ -110,15 +125,21 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             for index in range(len(dataset)):
                 dataset[index]
 
+        def ours_pil() -> None:
+            with _pil_decoding():
+                ours()
+
         def naive() -> None:
             for path, page_annotations, (height, width) in items:
                 naive_item(path, page_annotations, height, width)
 
-        ours(), naive()  # warm up: page cache, allocator, lazy imports
-        timings: Dict[str, List[Tuple[float, float]]] = {"ours": [], "naive": []}
+        pipelines = {"ours": ours, "ours, PIL decoding": ours_pil, "naive": naive}
+        for function in pipelines.values():  # warm up: page cache, allocator, lazy imports
+            function()
+        timings: Dict[str, List[Tuple[float, float]]] = {name: [] for name in pipelines}
         for _ in range(args.repeats):
-            timings["ours"].append(_timed(ours))
-            timings["naive"].append(_timed(naive))
+            for name, function in pipelines.items():
+                timings[name].append(_timed(function))
         cached = Dataset.from_folder(folder, split=None, min_size=MIN_SIZE, max_size=MAX_SIZE,
                                      cache=True)
         for index in range(len(cached)):
@@ -146,6 +167,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     return {
         "pages_per_s": round(figures["ours"][0], 2),
         "pages_per_cpu_s": round(figures["ours"][1], 2),
+        "pil_decoding_pages_per_s": round(figures["ours, PIL decoding"][0], 2),
         "naive_pages_per_s": round(figures["naive"][0], 2),
         "naive_pages_per_cpu_s": round(figures["naive"][1], 2),
         "cached_pages_per_s": round(figures["ours, cached images"][0], 2),

@@ -6,9 +6,10 @@ torchvision's Mask R-CNN takes them, but already resized to the size the model's
 would resize them to (:func:`training_size`), so the model does not resize again. That is
 where the speed comes from:
 
-* JPEG pages are decoded at a reduced scale (PIL ``draft``: the decoder's DCT scaling to
-  1/2, 1/4 or 1/8, never below the training size), other formats shrink by an integer
-  factor with ``Image.reduce``; one antialiased resampling on uint8 does the rest;
+* JPEG pages are decoded at a reduced scale (the decoder's DCT scaling to 1/2, 1/4 or 1/8,
+  never below the training size; simplejpeg decodes straight into an array), other formats
+  shrink by an integer factor with ``Image.reduce``; one antialiased resampling on uint8
+  does the rest;
 * each region's polygon is rasterised directly at the training size, inside its bounding
   box only, instead of a full-size mask per region that is then resized;
 * optionally (``cache=True``) the resized decoded images stay in memory.
@@ -33,6 +34,11 @@ from maskdla.data.coco import folder_to_coco, load_coco
 from maskdla.data.pagexml import RepairReport
 from maskdla.data.resize import training_size
 from maskdla.errors import InputError
+
+try:  # libjpeg-turbo straight into numpy; without it PIL decodes (a few ms slower a page)
+    import simplejpeg
+except ImportError:  # pragma: no cover - a platform with no simplejpeg wheel
+    simplejpeg = None
 
 __all__ = ["Dataset", "GroupedBatchSampler", "aspect_ratio_groups", "collate_fn",
            "training_size"]
@@ -140,28 +146,43 @@ def _rasterise(instance: _Instance, scale_x: float, scale_y: float, height: int,
     """
     if instance.rle is not None:
         return _rasterise_rle(instance.rle, height, width, out)
-    points = np.concatenate(instance.polygons)
-    low = points.min(axis=0)
-    high = points.max(axis=0)
-    scale = np.array([scale_x, scale_y])
-    start = low * scale + 0.5
-    stop = (high + 1) * scale - 0.5
-    stop = np.maximum(stop, start)  # a sub-pixel region still gets its one pixel
-    factor = np.divide(stop - start, high - low, out=np.zeros(2), where=high > low)
-    x_low, y_low = (max(int(v), 0) for v in np.floor(start))
-    x_high = min(int(math.floor(stop[0])) + 1, width)
-    y_high = min(int(math.floor(stop[1])) + 1, height)
+    # plain floats: numpy's per-call overhead would dominate on these few numbers
+    if len(instance.polygons) == 1:
+        points = instance.polygons[0]
+    else:
+        points = np.concatenate(instance.polygons)
+    x0, y0 = points.min(axis=0).tolist()
+    x1, y1 = points.max(axis=0).tolist()
+    start_x, start_y = x0 * scale_x + 0.5, y0 * scale_y + 0.5
+    # max(): a sub-pixel region still gets its one pixel
+    stop_x = max((x1 + 1) * scale_x - 0.5, start_x)
+    stop_y = max((y1 + 1) * scale_y - 0.5, start_y)
+    factor_x = (stop_x - start_x) / (x1 - x0) if x1 > x0 else 0.0
+    factor_y = (stop_y - start_y) / (y1 - y0) if y1 > y0 else 0.0
+    x_low, y_low = max(math.floor(start_x), 0), max(math.floor(start_y), 0)
+    x_high = min(math.floor(stop_x) + 1, width)
+    y_high = min(math.floor(stop_y) + 1, height)
     if x_high <= x_low or y_high <= y_low:
         return 0
-    crop = Image.new("L", (x_high - x_low, y_high - y_low), 0)
-    draw = ImageDraw.Draw(crop)
-    offset = start - (x_low, y_low)  # integer shift into the crop keeps PIL's rounding
+    # polygon -> (polygon - low) * factor + start, as one multiply-add per coordinate
+    factor = np.array([factor_x, factor_y])
+    offset = np.array([start_x - x0 * factor_x, start_y - y0 * factor_y])
+    draw = _draw_into(out)
     for polygon in instance.polygons:
-        draw.polygon(((polygon - low) * factor + offset).ravel().tolist(), fill=1)
-    # frombuffer(tobytes()) is twice as fast as asarray() for these small crops
-    mask = np.frombuffer(crop.tobytes(), dtype=np.uint8).reshape(y_high - y_low, x_high - x_low)
-    out[y_low:y_high, x_low:x_high] = mask
-    return int(np.count_nonzero(mask))
+        draw.polygon((polygon * factor + offset).ravel().tolist(), fill=1)
+    return int(np.count_nonzero(out[y_low:y_high, x_low:x_high]))
+
+
+def _draw_into(mask: np.ndarray) -> ImageDraw.ImageDraw:
+    """An ImageDraw that draws straight into ``mask`` ([h, w] uint8, C-contiguous).
+
+    ``Image.frombuffer`` shares the array's memory but marks the image read-only, because a
+    buffer may be; this one is writable, and drawing into it saves a crop image and two
+    copies of it per region (tests/test_dataset.py checks the masks against PIL's own).
+    """
+    image = Image.frombuffer("L", (mask.shape[1], mask.shape[0]), mask, "raw", "L", 0, 1)
+    image.readonly = 0
+    return ImageDraw.Draw(image)
 
 
 def _compressed(rle: dict) -> dict:
@@ -183,21 +204,62 @@ def _rasterise_rle(rle: dict, height: int, width: int, out: np.ndarray) -> int:
     return int(np.count_nonzero(out))
 
 
+def _power_of_two_factor(stored: Tuple[int, int], target: Tuple[int, int]) -> int:
+    """The largest of 8, 4, 2 that shrinks ``stored`` (w, h) to no less than ``target``, else
+    1 (a page smaller than its training size is upsampled after decoding). These are the
+    DCT scales libjpeg-turbo decodes with SIMD code; 3/8, 5/8... are slower than 1/2."""
+    shrink = min(stored[0] // max(target[0], 1), stored[1] // max(target[1], 1))
+    return next((factor for factor in (8, 4, 2) if shrink >= factor), 1)
+
+
+def _decode_jpeg_direct(path: Path, stored: Tuple[int, int],
+                        target: Tuple[int, int]) -> Optional[torch.Tensor]:
+    """JPEG file -> uint8 [3, h, w] decoded at 1/2, 1/4 or 1/8 scale straight into a numpy
+    array by simplejpeg (libjpeg-turbo), or None when the PIL path must decide: simplejpeg
+    missing, or a file it refuses (it is strict about what PIL tolerates, such as stray
+    bytes before a marker). Saves the two copies of PIL's ``np.array(image)``."""
+    if simplejpeg is None:
+        return None
+    factor = _power_of_two_factor(stored, target)
+    try:
+        array = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="RGB",
+                                       min_width=-(-stored[0] // factor),
+                                       min_height=-(-stored[1] // factor))
+    except ValueError:
+        return None
+    return torch.from_numpy(array).permute(2, 0, 1)  # a view: [3, h, w], channels last
+
+
+def _decode_with_pil(image: Image.Image, target: Tuple[int, int],
+                     transpose: Optional[Image.Transpose]) -> torch.Tensor:
+    """An opened image -> uint8 [3, h, w] of the displayed page, decoding JPEG at a reduced
+    DCT scale (``draft``) and shrinking other formats by an integer factor."""
+    image.draft("RGB", target)
+    image = image.convert("RGB") if image.mode != "RGB" else image  # decodes
+    factor = min(image.width // target[0], image.height // target[1])
+    if factor >= 2:  # box-filter by an integer factor: cheap, and leaves < 2x
+        image = image.reduce(factor)
+    if transpose is not None:  # coordinates refer to the page as displayed
+        image = image.transpose(transpose)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
 def decode_image(path: Path, width: int, height: int, original: Tuple[int, int]) -> torch.Tensor:
     """Image file -> uint8 [3, height, width], decoding no more pixels than needed.
 
-    JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still covers the target size
-    (PIL ``draft``), other formats shrink by an integer factor with ``Image.reduce``; the
-    rest is one antialiased bilinear resampling on uint8 (torch's fast kernel; about twice
-    as fast as PIL's on 2 cores). An EXIF orientation is applied, as the PAGE-XML reader
-    does when it takes the page size from the image.
+    JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still covers the target size (the
+    decoder's DCT scaling: simplejpeg straight into an array, else PIL ``draft``), other
+    formats shrink by an integer factor with ``Image.reduce``; the rest is one antialiased
+    bilinear resampling on uint8 (torch's fast kernel; about twice as fast as PIL's on 2
+    cores). An EXIF orientation is applied, as the PAGE-XML reader does when it takes the
+    page size from the image.
 
     Raises:
         InputError: missing or unreadable file, or its size differs from ``original``
             (the (width, height) its annotations were made for).
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
             transpose = _EXIF_TRANSPOSE.get(image.getexif().get(_EXIF_ORIENTATION, 1))
             swapped = transpose in _SWAPS_SIDES
             shown = image.size[::-1] if swapped else image.size
@@ -205,14 +267,12 @@ def decode_image(path: Path, width: int, height: int, original: Tuple[int, int])
                 raise InputError(f"image is {shown[0]}x{shown[1]} px but its annotations are "
                                  f"for {original[0]}x{original[1]} px", path)
             stored_target = (height, width) if swapped else (width, height)
-            image.draft("RGB", stored_target)
-            image = image.convert("RGB") if image.mode != "RGB" else image  # decodes
-            factor = min(image.width // stored_target[0], image.height // stored_target[1])
-            if factor >= 2:  # box-filter by an integer factor: cheap, and leaves < 2x
-                image = image.reduce(factor)
-            if transpose is not None:  # coordinates refer to the page as displayed
-                image = image.transpose(transpose)
-            pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+            pixels = None
+            # YCbCr or grey JPEG shown as stored; CMYK (Adobe's inverted kind) goes to PIL
+            if image.format == "JPEG" and image.mode in ("RGB", "L") and transpose is None:
+                pixels = _decode_jpeg_direct(path, image.size, stored_target)
+            if pixels is None:
+                pixels = _decode_with_pil(image, stored_target, transpose)
     except FileNotFoundError:
         raise InputError("image file not found", path) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
