@@ -5,6 +5,7 @@ import math
 import tempfile
 
 import pytest
+import torch
 
 from maskdla.bench.__main__ import main
 from maskdla.bench.train import parse_size
@@ -42,6 +43,23 @@ def test_tiny_benchmark_reports_sane_figures(tmp_path, monkeypatch, capsys):
     assert figures["peak_rss_mib"] > 0
     assert figures["size"] == [64, 96] and figures["device"] == "cpu" and figures["machine"]
     assert list(tmp_path.iterdir()) == []  # the corpus and run folders are removed
+
+
+@pytest.mark.slow  # 10-30 s each on the shared 2-core CPU
+@pytest.mark.parametrize("variant", ["fused-sgd", "cudnn-benchmark"])
+def test_variant_is_timed_against_bare_and_leaves_no_trace(tmp_path, monkeypatch, capsys,
+                                                           variant):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    assert main(["train", "--size", "64x96", "--batch-size", "1", "--steps", "1", "--warmup", "1",
+                 "--repeats", "1", "--workers", "0", "--rois-per-image", "16", "--device", "cpu",
+                 "--variant", variant, "--json"]) == 0
+    output = capsys.readouterr().out
+    figures = json.loads(output.strip().splitlines()[-1])
+    assert figures["variant"] == variant and math.isfinite(figures["variant_speedup_percent"])
+    assert set(figures["seconds_per_step_per_repeat"]) == {"ours", "bare", variant}
+    assert all(seconds[0] > 0 for seconds in figures["seconds_per_step_per_repeat"].values())
+    assert torch.backends.cudnn.benchmark == cudnn_benchmark
 
 
 def test_bad_flags_are_one_line_errors(capsys):

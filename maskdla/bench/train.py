@@ -52,7 +52,30 @@ from maskdla.errors import InputError
 DESCRIPTION = ("images/s of maskdla's training loop against a bare torchvision Mask R-CNN step "
                "on the same model and batches: overhead, data wait, phases, peak memory")
 
-VARIANTS = ("none", "channels-last", "compile-backbone")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One change to the bare step, timed (``--variant``) against the plain bare step."""
+
+    description: str
+    channels_last: bool = False
+    compile_backbone: bool = False
+    optimizer_options: Tuple[Tuple[str, Any], ...] = ()
+    cudnn_benchmark: bool = False
+
+
+#: the changes issue 9 asks to keep only where a measured number says so
+VARIANTS: Dict[str, Variant] = {
+    "none": Variant("no change"),
+    "channels-last": Variant("model in channels_last memory format",
+                             channels_last=True),
+    "compile-backbone": Variant("torch.compile of the backbone", compile_backbone=True),
+    "fused-sgd": Variant("SGD(fused=True): the whole update in one kernel",
+                         optimizer_options=(("fused", True),)),
+    "cudnn-benchmark": Variant("torch.backends.cudnn.benchmark = True (one page size: shapes "
+                               "repeat)", cudnn_benchmark=True),
+}
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -89,7 +112,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int,
                         help="torch threads of this process (default: torch's default)")
     parser.add_argument("--variant", choices=VARIANTS, default="none",
-                        help="also time the bare step with this change, interleaved, against bare")
+                        help="also time the bare step with this change, interleaved, against "
+                             "bare: " + "; ".join(f"{name}: {variant.description}"
+                                                  for name, variant in VARIANTS.items()
+                                                  if name != "none"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,11 +271,14 @@ def _to_device(images: List[torch.Tensor], targets: List[Dict[str, torch.Tensor]
 
 
 def run_bare(model: torch.nn.Module, loader: DataLoader, config: training.TrainConfig,
-             device: torch.device, amp: str, warmup: int, steps: int) -> LoopResult:
-    """The plain torchvision training step over ``warmup + steps + 1`` batches, timed."""
+             device: torch.device, amp: str, warmup: int, steps: int,
+             optimizer_options: Optional[Dict[str, Any]] = None) -> LoopResult:
+    """The plain torchvision training step over ``warmup + steps + 1`` batches, timed;
+    ``optimizer_options`` go to SGD on top of the run's settings."""
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                momentum=config.momentum, weight_decay=config.weight_decay)
+                                momentum=config.momentum, weight_decay=config.weight_decay,
+                                **(optimizer_options or {}))
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     clock = BatchClock(device, sync_at=(warmup, warmup + steps))
     first_losses = None
@@ -319,13 +348,24 @@ def run_instrumented(model: torch.nn.Module, loader: DataLoader, config: trainin
     return {phase: statistics.median(values) for phase, values in timings.items()}
 
 
-def apply_variant(model: torch.nn.Module, variant: str) -> torch.nn.Module:
-    """The model with ``variant`` of :data:`VARIANTS` applied (in place)."""
-    if variant == "channels-last":
+def apply_variant(model: torch.nn.Module, variant: Variant) -> torch.nn.Module:
+    """The model with ``variant``'s changes to the model applied (in place)."""
+    if variant.channels_last:
         model.to(memory_format=torch.channels_last)
-    elif variant == "compile-backbone":
+    if variant.compile_backbone:
         model.backbone = torch.compile(model.backbone)
     return model
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark`` set to ``enabled`` inside, restored after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _release() -> None:
@@ -380,10 +420,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 if loop == "ours":
                     result, recorded = run_ours(config(repeat), device, args.warmup, args.steps)
                 else:  # repeat 0 runs ours first: the setup is recorded
+                    variant = VARIANTS[loop if loop != "bare" else "none"]
                     model, loader = rebuild(recorded, 0, device)
-                    model = apply_variant(model, loop if loop != "bare" else "none")
-                    result = run_bare(model, loader(), config(repeat), device, amp, args.warmup,
-                                      args.steps)
+                    model = apply_variant(model, variant)
+                    with cudnn_benchmark(variant.cudnn_benchmark):
+                        result = run_bare(model, loader(), config(repeat), device, amp,
+                                          args.warmup, args.steps,
+                                          dict(variant.optimizer_options))
                     del model, loader
                 results[loop].append(result)
                 _release()
