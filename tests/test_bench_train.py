@@ -81,8 +81,9 @@ def test_tiny_loader_benchmark_reports_every_pipeline(tmp_path, monkeypatch, cap
     assert main(["loader", "--pages", "2", "--repeats", "1", "--width", "540", "--json"]) == 0
     output = capsys.readouterr().out
     figures = json.loads(output.strip().splitlines()[-1])
-    assert "ours, PIL decoding" in output and "naive" in output
+    assert "ours, PIL decoding" in output and "1 worker process" in output and "naive" in output
     for key in ("pages_per_s", "pages_per_cpu_s", "pil_decoding_pages_per_s",
+                "worker_process_pages_per_s",
                 "naive_pages_per_s", "cached_pages_per_s", "speedup"):
         assert figures[key] > 0, key
     assert figures["regions_per_page"] == 25 and figures["pages"] == 2
