@@ -278,6 +278,21 @@ def test_written_page_is_valid_page_2019(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["page.xml"]  # no temp file left
 
 
+def test_created_time_stamps_the_metadata(tmp_path):
+    from datetime import datetime, timedelta, timezone
+    from maskdla.data.pagexml import page_to_xml
+
+    local = datetime(2021, 9, 1, 2, 30, tzinfo=timezone(timedelta(hours=2)))
+    write_page(sample_page(), tmp_path / "a.xml", created=local)
+    text = (tmp_path / "a.xml").read_text()
+    assert "<Created>2021-09-01T00:30:00Z</Created>" in text  # in UTC
+    assert "<LastChange>2021-09-01T00:30:00Z</LastChange>" in text
+    assert page_to_xml(sample_page(), created=local) == (tmp_path / "a.xml").read_bytes()
+    default = page_to_xml(sample_page()).decode()
+    year = datetime.now(timezone.utc).year
+    assert f"<Created>{year}-" in default or f"<Created>{year + 1}-" in default
+
+
 def test_written_page_reads_back(tmp_path):
     original = sample_page()
     write_page(original, tmp_path / "page.xml")

@@ -438,7 +438,7 @@ def _region_element(region: Region) -> str:
     return region.kind if region.kind in REGION_ELEMENTS else "TextRegion"
 
 
-def page_to_xml(page: Page) -> bytes:
+def page_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
     """Serialise a Page as PAGE 2019-07-15 XML (see :func:`write_page`)."""
     # Namespace declarations as plain attributes: ElementTree's default_namespace option
     # refuses unqualified attribute names, which PAGE uses throughout.
@@ -446,7 +446,8 @@ def page_to_xml(page: Page) -> bytes:
         "xmlns": PAGE_2019_NAMESPACE, "xmlns:xsi": _XSI,
         "xsi:schemaLocation": f"{PAGE_2019_NAMESPACE} {PAGE_2019_NAMESPACE}/pagecontent.xsd"})
     metadata = ET.SubElement(root, "Metadata")
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = (created or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    now = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
     for name, text in (("Creator", "maskdla"), ("Created", now), ("LastChange", now)):
         ET.SubElement(metadata, name).text = text
     page_element = ET.SubElement(root, "Page", {
@@ -501,7 +502,7 @@ def page_to_xml(page: Page) -> bytes:
     return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
 
 
-def write_page(page: Page, path: PathLike) -> None:
+def write_page(page: Page, path: PathLike, created: Optional[datetime] = None) -> None:
     """Write ``page`` as PAGE 2019-07-15 XML, atomically.
 
     Every region carries its class in ``custom="structure {type:...;}"`` (Transkribus
@@ -511,6 +512,8 @@ def write_page(page: Page, path: PathLike) -> None:
     ``Region.score`` goes to ``custom="score {value:...;}"``. The reading order is
     ``page.reading_order``, then the remaining regions in list order. Coordinates are
     rounded to non-negative integers, as the schema requires; ids that are not legal XML
-    ids are rewritten. Text lines are written under their TextRegion.
+    ids are rewritten. Text lines are written under their TextRegion. ``created`` (default:
+    now) stamps Metadata's Created and LastChange, in UTC; a fixed one makes the file
+    byte-identical run after run.
     """
-    write_bytes_atomic(path, page_to_xml(page))
+    write_bytes_atomic(path, page_to_xml(page, created))

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -326,15 +326,7 @@ def render_page(seed: Union[int, Sequence[int]], width: int = DEFAULT_WIDTH,
 
 
 #: fixed PAGE Metadata timestamps, so that a corpus is byte-identical run after run
-_CORPUS_TIMESTAMP = b"2021-09-01T00:00:00Z"
-_METADATA_TIMESTAMP = re.compile(rb"<(Created|LastChange)>[^<]*</\1>")
-
-
-def _page_xml(page: Page) -> bytes:
-    """PAGE-XML bytes of ``page`` with fixed Created/LastChange times (write_page stamps
-    the current time, which would make every generation differ)."""
-    return _METADATA_TIMESTAMP.sub(lambda m: b"<%s>%s</%s>" % (m[1], _CORPUS_TIMESTAMP, m[1]),
-                                   page_to_xml(page))
+_CORPUS_TIME = datetime(2021, 9, 1, tzinfo=timezone.utc)
 
 
 def _check_parameters(pages: int, train: int, width: int) -> None:
@@ -384,7 +376,8 @@ def generate_corpus(out_dir: Union[str, "os.PathLike[str]"], pages: int = DEFAUL
             image, page = render_page((seed, index), width, image_filename=f"{stem}.jpg")
             (temporary / split / "page").mkdir(parents=True, exist_ok=True)
             image.save(temporary / split / f"{stem}.jpg", quality=JPEG_QUALITY)
-            (temporary / split / "page" / f"{stem}.xml").write_bytes(_page_xml(page))
+            xml = page_to_xml(page, created=_CORPUS_TIME)
+            (temporary / split / "page" / f"{stem}.xml").write_bytes(xml)
             if progress is not None:
                 progress(index + 1, pages)
         description = {"generator": "maskdla.data.synthetic", "version": GENERATOR_VERSION,
