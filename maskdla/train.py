@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -47,6 +48,7 @@ from maskdla.schedule import LR_STEP_PRESETS, SchedulePlan, build_scheduler, pla
 
 #: the total batch size the default LR (0.02) was tuned for in the study (450-epoch runs)
 LR_REFERENCE_BATCH = 2
+LOADER_PASSES = ("epoch", "run")
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 
 
@@ -91,6 +93,11 @@ class TrainConfig:
     #: keep decoded, resized training images in each loader worker's memory (decoding is
     #: most of a page's loading time; costs ~3 MB per page at 800 px per worker)
     cache_images: bool = False
+    #: "epoch": a new pass over the DataLoader each epoch (its prefetch queue drains at each
+    #: epoch's end); "run": one pass over the rest of the run (see EpochBatches). On the
+    #: 2-core CPU "run" halves the data wait but is 6 % slower: the workers then load while
+    #: the main process computes, instead of while it waits (docs/benchmarks.md)
+    loader_pass: str = "epoch"
     seed: int = 0
     deterministic: bool = False
     out: Optional[str] = None
@@ -144,6 +151,9 @@ class TrainConfig:
             raise InputError("give either --data or --train-ann/--test-ann, not both")
         if bool(self.train_ann) != bool(self.test_ann):
             raise InputError("--train-ann and --test-ann go together")
+        if self.loader_pass not in LOADER_PASSES:
+            raise InputError(f"--loader-pass {self.loader_pass!r}: choose one of "
+                             f"{', '.join(LOADER_PASSES)}")
         if not 0 <= self.freeze_at <= 5:
             raise InputError(f"--freeze-at must be between 0 and 5, got {self.freeze_at}")
         try:
@@ -162,11 +172,16 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------
 
 class EpochBatches:
-    """Batch sampler of one rank: a DistributedSampler (shuffled by seed and epoch, so the
-    order is reproducible) grouped by aspect ratio, that can start mid-epoch.
+    """Batch sampler of one rank over the rest of a run: a DistributedSampler (shuffled by
+    seed and epoch, so the order is reproducible) grouped by aspect ratio, epoch after
+    epoch, that can start mid-epoch.
 
-    ``set_epoch(epoch, skip)`` before iterating: the epoch's first ``skip`` batches are
-    skipped without loading them (resuming a run killed mid-epoch).
+    ``start(epoch, skip, count)`` before iterating: the epoch's first ``skip`` batches are
+    skipped without loading them (resuming a run killed mid-epoch), and ``count`` batches
+    follow, across epoch boundaries. With ``--loader-pass run`` one pass over the DataLoader
+    covers the rest of the run, so the workers keep prefetching through each epoch's end
+    instead of draining their queue and making the next epoch's first step wait for a full
+    load.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, context: distributed.DistributedContext,
@@ -175,19 +190,35 @@ class EpochBatches:
                                      shuffle=True, seed=seed, drop_last=False)
         self.batches = GroupedBatchSampler(sampler, aspect_ratio_groups(dataset.aspect_ratios()),
                                            batch_size)
-        self.skip = 0
+        self.epoch, self.skip = 0, 0
+        self.count = len(self.batches)
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.batches.set_epoch(epoch)
-        self.skip = skip
+    @property
+    def per_epoch(self) -> int:
+        """Batches of one epoch on this rank."""
+        return len(self.batches)
+
+    def start(self, epoch: int, skip: int = 0, count: Optional[int] = None) -> None:
+        """Begin at batch ``skip`` of ``epoch``; ``count`` batches in all (default: the rest
+        of that epoch)."""
+        self.epoch, self.skip = epoch, skip
+        self.count = self.per_epoch - skip if count is None else count
+
+    def set_epoch(self, epoch: int) -> None:
+        """One whole epoch (what DistributedSampler users expect)."""
+        self.start(epoch)
 
     def __len__(self) -> int:
-        return len(self.batches) - self.skip
+        return self.count
 
     def __iter__(self) -> Iterator[List[int]]:
-        for number, batch in enumerate(self.batches):
-            if number >= self.skip:
+        epoch, skip, left = self.epoch, self.skip, self.count
+        while left > 0:
+            self.batches.set_epoch(epoch)
+            for batch in itertools.islice(self.batches, skip, skip + left):
                 yield batch
+                left -= 1
+            epoch, skip = epoch + 1, 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,7 +492,6 @@ def _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule
     total = schedule.total_iterations
     stop_at = total if config.stop_after_iterations is None else min(total, config.stop_after_iterations)
     per_epoch = schedule.iterations_per_epoch
-    batches_per_epoch = len(batches.batches)
     checkpoint_at = _every(config.checkpoint_every, per_epoch, total)
     evaluate_at = _every(config.eval_every, per_epoch, total) - {total}
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -476,10 +506,13 @@ def _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule
     model.train()
     try:
         while iteration < stop_at:
-            # The sampler's epoch is the epoch of the next iteration; fractional epochs
-            # (per_epoch not an integer) still take whole batches per sampler epoch.
-            epoch = iteration // batches_per_epoch
-            batches.set_epoch(epoch, skip=iteration - epoch * batches_per_epoch)
+            # The sampler's epochs are whole batches: with per_epoch not an integer
+            # (fractional epochs), an iteration's sampler epoch is iteration // per epoch.
+            epoch, skip = divmod(iteration, batches.per_epoch)
+            count = stop_at - iteration  # "run": the rest of the run in one pass
+            if config.loader_pass == "epoch":
+                count = min(count, batches.per_epoch - skip)
+            batches.start(epoch, skip, count)
             waiting_since = time.perf_counter()
             for images, targets in loader:
                 data_time += time.perf_counter() - waiting_since
@@ -516,8 +549,6 @@ def _loop(config, model, optimizer, scheduler, scaler, loader, batches, schedule
                     _evaluate_during_training(model, test_set, config, device, amp, iteration,
                                               per_epoch, run_dir, context, log)
                     model.train()
-                if last or iteration % batches_per_epoch == 0:
-                    break
                 waiting_since = time.perf_counter()
     finally:
         bar.close()
@@ -700,6 +731,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, default=defaults.workers, help="data loader worker processes per process")
     add("--cache-images", action="store_true",
         help="keep decoded training images in memory after the first epoch (faster loading, ~3 MB/page/worker)")
+    add("--loader-pass", choices=LOADER_PASSES, default=defaults.loader_pass,
+        help="epoch (default): a new pass over the data loader each epoch; run: one pass for "
+             "the whole run, so prefetching goes on through epoch ends (less data wait where "
+             "the workers have cores of their own)")
     add("--seed", type=int, default=defaults.seed, help="random seed")
     add("--deterministic", action="store_true", help="deterministic algorithms (resumed runs end with identical weights on CPU)")
     add("--out", help="run folder (default runs/BACKBONE-EPOCHSep)")

@@ -77,6 +77,39 @@ def corpus(tmp_path_factory):
                            seed=3, width=160)
 
 
+def test_epoch_batches_run_across_epochs_and_start_mid_epoch(corpus):
+    """One pass over the rest of a run: the same batches as epoch-by-epoch iteration, from
+    any start; each rank of two sees its own half."""
+    from maskdla.data.dataset import Dataset
+    from maskdla.distributed import DistributedContext
+    from maskdla.train import EpochBatches
+
+    dataset = Dataset.from_folder(corpus, "train", min_size=96, max_size=160)
+    batches = EpochBatches(dataset, 3, DistributedContext(), seed=5)
+    per_epoch = batches.per_epoch
+    assert per_epoch == 3  # 8 pages, batch 3, one aspect-ratio group: 3 + 3 + 2
+    by_epoch = []
+    for epoch in range(4):
+        batches.set_epoch(epoch)
+        assert len(batches) == per_epoch
+        by_epoch.append(list(batches))
+    assert by_epoch[0] != by_epoch[1]  # reshuffled every epoch
+    flat = [batch for epoch in by_epoch for batch in epoch]
+    for start in range(0, 7):
+        for count in (0, 1, 4, 12 - start):
+            batches.start(*divmod(start, per_epoch), count=count)
+            assert len(batches) == count
+            assert list(batches) == flat[start:start + count], (start, count)
+    halves = []
+    for rank in range(2):
+        ranked = EpochBatches(dataset, 2, DistributedContext(rank=rank, world_size=2), seed=5)
+        ranked.start(0, count=2 * ranked.per_epoch)
+        halves.append(list(ranked))
+    assert len(halves[0]) == len(halves[1]) == 4
+    first_epoch = [index for batch in halves[0][:2] + halves[1][:2] for index in batch]
+    assert sorted(first_epoch) == list(range(8))
+
+
 def tiny_config(corpus, out, **overrides):
     values = dict(backbone="vovnet19slim", data=str(corpus), epochs=2, batch_size=2,
                   min_size=[96], max_size=160, workers=0, seed=1, deterministic=True,
@@ -214,6 +247,19 @@ def test_argparse_rejects_bad_types(capsys):
         run_main(main, ["--batch-size", "0"])
     assert exit_info.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--loader-pass 'always'"):
+        TrainConfig(loader_pass="always").validate()
+
+
+@pytest.mark.slow
+def test_one_loader_pass_for_the_run_trains_the_same_weights(corpus, tmp_path):
+    """--loader-pass run (prefetching through epoch ends, a worker process) sees the same
+    batches in the same order as a pass per epoch, so a deterministic run ends the same."""
+    per_epoch = train(tiny_config(corpus, tmp_path / "epoch", epochs=2.5, checkpoint_every=0))
+    one_pass = train(tiny_config(corpus, tmp_path / "run", epochs=2.5, checkpoint_every=0,
+                                 loader_pass="run", workers=1))
+    assert per_epoch["iterations"] == one_pass["iterations"] == 10  # ends mid-epoch
+    assert one_pass["parameter_checksums"] == per_epoch["parameter_checksums"]
 
 
 def test_maskdla_train_is_callable_and_a_module():
