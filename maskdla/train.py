@@ -215,9 +215,12 @@ class EpochBatches:
         epoch, skip, left = self.epoch, self.skip, self.count
         while left > 0:
             self.batches.set_epoch(epoch)
+            before = left
             for batch in itertools.islice(self.batches, skip, skip + left):
                 yield batch
                 left -= 1
+            if left == before:  # an epoch with nothing (left): never loop forever
+                return
             epoch, skip = epoch + 1, 0
 
 
