@@ -190,8 +190,7 @@ class EpochBatches:
                                      shuffle=True, seed=seed, drop_last=False)
         self.batches = GroupedBatchSampler(sampler, aspect_ratio_groups(dataset.aspect_ratios()),
                                            batch_size)
-        self.epoch, self.skip = 0, 0
-        self.count = len(self.batches)
+        self.start(0)
 
     @property
     def per_epoch(self) -> int:
@@ -203,10 +202,6 @@ class EpochBatches:
         of that epoch)."""
         self.epoch, self.skip = epoch, skip
         self.count = self.per_epoch - skip if count is None else count
-
-    def set_epoch(self, epoch: int) -> None:
-        """One whole epoch (what DistributedSampler users expect)."""
-        self.start(epoch)
 
     def __len__(self) -> int:
         return self.count

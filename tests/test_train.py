@@ -90,7 +90,7 @@ def test_epoch_batches_run_across_epochs_and_start_mid_epoch(corpus):
     assert per_epoch == 3  # 8 pages, batch 3, one aspect-ratio group: 3 + 3 + 2
     by_epoch = []
     for epoch in range(4):
-        batches.set_epoch(epoch)
+        batches.start(epoch)
         assert len(batches) == per_epoch
         by_epoch.append(list(batches))
     assert by_epoch[0] != by_epoch[1]  # reshuffled every epoch

@@ -257,7 +257,7 @@ def rebuild(recorded: Recorded, seed: int, device: torch.device
             generator = torch.Generator()
             generator.set_state(recorded.loader_generator_state)
             loader_kwargs["generator"] = generator
-        loader_kwargs["batch_sampler"].set_epoch(0)
+        loader_kwargs["batch_sampler"].start(0)
         return DataLoader(*loader_args, **loader_kwargs)
 
     return model, loader
