@@ -24,8 +24,8 @@ _EXPORTS = {
     "write_page": "maskdla.data.pagexml",
     "Dataset": "maskdla.data.dataset",
     "TrainConfig": "maskdla.train",
-    "evaluate": "maskdla.eval",
-    "Predictor": "maskdla.predict",
+    "evaluate": "maskdla.evaluation",
+    "Predictor": "maskdla.prediction",
     "EnergyMeter": "maskdla.energy",
 }
 #: submodules that are also entry points: ``maskdla.train(config)`` runs training

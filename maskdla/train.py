@@ -34,7 +34,7 @@ from maskdla import distributed
 from maskdla.backbones import BACKBONES, NORMS, default_norm, resolve_name
 from maskdla.checkpoint import load_checkpoint, save_checkpoint
 from maskdla.cli import non_negative_float, positive_int, run_main
-from maskdla.coco_eval import format_table
+from maskdla.evaluation.coco import format_table
 from maskdla.data.pagexml import parse_class_map
 from maskdla.data.dataset import Dataset, GroupedBatchSampler, aspect_ratio_groups, collate_fn
 from maskdla.data.sources import run_datasets
@@ -42,7 +42,7 @@ from maskdla.energy import EnergyMeter, efficiency_row, format_duration, merge_n
 from maskdla.errors import InputError
 from maskdla.files import write_json_atomic
 from maskdla.inference import resolve_device
-from maskdla.eval import evaluate
+from maskdla.evaluation import evaluate
 from maskdla.model import build_model, model_kwargs_from_config
 from maskdla.schedule import LR_STEP_PRESETS, SchedulePlan, build_scheduler, plan
 

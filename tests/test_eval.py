@@ -20,8 +20,8 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskdla.checkpoint import save_checkpoint
-from maskdla.coco_eval import STAT_INDEX, coco_metrics, format_table, validate_results
-from maskdla.coco_results import (box_mask_to_rle, detections_to_coco_results,
+from maskdla.evaluation.coco import STAT_INDEX, coco_metrics, format_table, validate_results
+from maskdla.evaluation.results import (box_mask_to_rle, detections_to_coco_results,
                                   paste_box_masks, scale_boxes)
 from maskdla.data.dataset import Dataset
 from maskdla.data.synthetic import CLASSES, generate_corpus

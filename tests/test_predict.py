@@ -19,7 +19,7 @@ from maskdla.bench.predict import CLASSES, synthetic_detections
 from maskdla.data.pagexml import page_to_xml, read_page, write_page
 from maskdla.errors import InputError
 from maskdla.model import build_model
-from maskdla.overlay import STUDY_COLOURS, class_colours, draw_overlay
+from maskdla.prediction.overlay import STUDY_COLOURS, class_colours, draw_overlay
 from maskdla.predict import (Predictor, detections_to_page, find_images, main,
                              page_to_coco_results)
 

@@ -1,4 +1,4 @@
-"""Masks -> polygons, merging and reading order (maskdla.vectorize)."""
+"""Masks -> polygons, merging and reading order (maskdla.prediction.vectorize)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ from shapely.geometry import Polygon, box
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskdla.bench.predict import synthetic_detections
-from maskdla.vectorize import (instance_masks_to_polygons, mask_to_polygons, merge_overlaps,
+from maskdla.prediction.vectorize import (instance_masks_to_polygons, mask_to_polygons, merge_overlaps,
                                overlap_ratio, reading_order, snap_to_pixels,
                                trace_contours)
 

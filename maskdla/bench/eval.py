@@ -28,11 +28,11 @@ from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskdla.cli import positive_int
-from maskdla.coco_eval import coco_metrics
-from maskdla.coco_results import box_mask_to_rle, paste_box_masks, scale_boxes
+from maskdla.evaluation.coco import coco_metrics
+from maskdla.evaluation.results import box_mask_to_rle, paste_box_masks, scale_boxes
 from maskdla.data.dataset import Dataset
 from maskdla.data.synthetic import CLASSES, default_corpus
-from maskdla.eval import predict_coco_results
+from maskdla.evaluation import predict_coco_results
 from maskdla.inference import raw_detections
 from maskdla.model import build_model
 

@@ -7,15 +7,15 @@ the left overlapping both), each a box and a 28 x 28 mask probability map like
 torchvision's mask head gives (a slightly skewed rounded shape, smooth noise, sigmoid
 edges). Timed, median over repeats:
 
-* ``polygons``: :func:`maskdla.vectorize.instance_masks_to_polygons` (trace the 28 x 28
+* ``polygons``: :func:`maskdla.prediction.vectorize.instance_masks_to_polygons` (trace the 28 x 28
   maps, scale into the boxes, simplify, clip);
 * ``page``: :func:`maskdla.predict.detections_to_page` (polygons + merging + reading order);
 * ``xml``: :func:`maskdla.data.pagexml.page_to_xml` of that page;
 * ``total``: ``page`` + :func:`maskdla.data.pagexml.write_page` to a file: the budget of
   issue 7 (<= 50 ms);
 * ``paste_then_trace``: the usual route for comparison: each mask pasted at full
-  resolution inside its box (:func:`maskdla.coco_results.paste_box_masks`, torchvision's
-  geometry) and the binary mask traced (:func:`maskdla.vectorize.mask_to_polygons`).
+  resolution inside its box (:func:`maskdla.evaluation.results.paste_box_masks`, torchvision's
+  geometry) and the binary mask traced (:func:`maskdla.prediction.vectorize.mask_to_polygons`).
 
 It also reports how closely the fast route's polygon areas match the pasted masks'
 pixel counts (median and worst relative difference).
@@ -115,10 +115,10 @@ def _median_ms(function: Callable[[], object], repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from maskdla.coco_results import paste_box_masks
+    from maskdla.evaluation.results import paste_box_masks
     from maskdla.data.pagexml import page_to_xml, write_page
-    from maskdla.predict import detections_to_page
-    from maskdla.vectorize import instance_masks_to_polygons, mask_to_polygons
+    from maskdla.prediction import detections_to_page
+    from maskdla.prediction.vectorize import instance_masks_to_polygons, mask_to_polygons
 
     torch.set_num_threads(args.threads)
     size = (args.height, args.width)

@@ -1,0 +1,13 @@
+"""Evaluation: a model's detections -> COCO results at the original resolution -> metrics.
+
+- :mod:`.results`: raw detections -> COCO results (boxes, RLE masks), exactly as
+  pycocotools expects them;
+- :mod:`.coco`: pycocotools' bbox and segm metrics, ground truth and results files;
+- :mod:`.evaluate`: :func:`predict_coco_results` and :func:`evaluate` over a Dataset
+  (batched, one shard per rank under DDP).
+
+The command line is ``python -m maskdla.eval`` (:mod:`maskdla.eval`).
+"""
+from maskdla.evaluation.evaluate import evaluate, predict_coco_results
+
+__all__ = ["evaluate", "predict_coco_results"]

@@ -1,0 +1,297 @@
+"""From page images to regions: :class:`Predictor` (the command line is
+``python -m maskdla.predict``).
+
+The pipeline per page (see docs/prediction.md):
+
+1. the image is decoded and resized with the training rule
+   (:func:`maskdla.data.resize.training_size` at the checkpoint's last ``min_size``);
+2. the model runs batched (float16 autocast on CUDA) up to its mask head: boxes, labels,
+   scores and each detection's 28 x 28 mask probabilities, never pasted into the page;
+3. :mod:`maskdla.prediction.vectorize` traces the masks into polygons at the original resolution
+   (one region per connected component, holes dropped, simplified, clipped to the page),
+   merges overlapping regions and orders them top to bottom, left to right;
+4. :func:`maskdla.data.pagexml.write_page` writes the PAGE file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from maskdla.checkpoint import load_model
+from maskdla.evaluation.results import scale_boxes
+from maskdla.data.dataset import decode_image
+from maskdla.data.page import Page, Region
+from maskdla.data.resize import training_size
+from maskdla.errors import InputError
+from maskdla.inference import raw_detections, resolve_device, test_size
+from maskdla.prediction.vectorize import (instance_masks_to_polygons, merge_overlaps,
+                                         reading_order, snap_to_pixels)
+
+__all__ = ["Predictor", "detections_to_page", "page_to_coco_results", "IMAGE_SUFFIXES"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: what :meth:`Predictor.predict` takes: a file, a PIL image or a CHW tensor
+ImageInput = Union[PathLike, Image.Image, torch.Tensor]
+
+#: image file suffixes taken from input folders (case-insensitive)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+#: PAGE element of every predicted region; pagexml writes music labels as MusicRegion
+REGION_KIND = "TextRegion"
+
+
+# --------------------------------------------------------------------------------------
+# Detections -> Page
+
+
+def detections_to_page(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
+                       classes: Sequence[str], image_size: Tuple[int, int],
+                       image_filename: str = "", *, score_thresh: float = 0.5,
+                       mask_thresh: float = 0.5, overlap_thresh: float = 0.5,
+                       no_merge_classes: Iterable[str] = (), tolerance: float = 1.0,
+                       min_area: float = 0.0, largest_only: bool = False) -> Page:
+    """One image's detections -> a :class:`Page` of regions in reading order.
+
+    Args:
+        boxes: Float[N, 4] xyxy in ORIGINAL image pixels.
+        labels: Int64[N] in 1..C (label i is ``classes[i - 1]``).
+        scores: Float[N].
+        mask_probs: Float[N, 1, M, M] (or [N, M, M]) mask probabilities over each box.
+        classes: class names without background.
+        image_size: (height, width) of the original image.
+        image_filename: written as the PAGE ``imageFilename``.
+        score_thresh: detections scoring below are dropped.
+        mask_thresh: mask probability from which a pixel belongs to the region.
+        overlap_thresh, no_merge_classes: see :func:`maskdla.prediction.vectorize.merge_overlaps`.
+        tolerance, min_area, largest_only: see
+            :func:`maskdla.prediction.vectorize.instance_masks_to_polygons`.
+
+    Returns:
+        The page; region ids ``r1, r2, ...`` in reading order (also ``reading_order``),
+        ``kind`` TextRegion, ``label`` the class name, ``score`` the detection's score,
+        ``polygon`` integer points (:func:`maskdla.prediction.vectorize.snap_to_pixels`: what the
+        PAGE file holds; regions thinner than a pixel disappear).
+    """
+    scores = np.asarray(_numpy(scores), dtype=np.float64).reshape(-1)
+    labels = np.asarray(_numpy(labels), dtype=np.int64).reshape(-1)
+    keep = np.nonzero(scores >= score_thresh)[0]
+    height, width = int(image_size[0]), int(image_size[1])
+    components = instance_masks_to_polygons(
+        _numpy(mask_probs)[keep], _numpy(boxes)[keep], (height, width), level=mask_thresh,
+        tolerance=tolerance, min_area=min_area, largest_only=largest_only)
+    polygons, names, region_scores = [], [], []
+    for detection, parts in zip(keep.tolist(), components):
+        for polygon in parts:
+            polygons.append(polygon)
+            names.append(classes[labels[detection] - 1])
+            region_scores.append(float(scores[detection]))
+    merged = merge_overlaps(polygons, names, region_scores, overlap_thresh=overlap_thresh,
+                            exempt=no_merge_classes)
+    # PAGE stores integer points: snap here, so the Page is exactly what the file holds
+    snapped = snap_to_pixels([polygon for polygon, _, _ in merged], (height, width))
+    merged = [(polygon, label, score) for polygon, (_, label, score) in zip(snapped, merged)
+              if polygon is not None]
+    order = reading_order([polygon for polygon, _, _ in merged])
+    page = Page(image_filename=image_filename, width=width, height=height)
+    for number, index in enumerate(order, 1):
+        polygon, label, score = merged[index]
+        # PAGE wants the ring open: the exterior's closing point is left out
+        points = [(x, y) for x, y in np.asarray(polygon.exterior.coords)[:-1].tolist()]
+        page.regions.append(Region(id=f"r{number}", kind=REGION_KIND, label=label,
+                                   polygon=points, score=score))
+    page.reading_order = [region.id for region in page.regions]
+    return page
+
+
+def _numpy(value: Any) -> np.ndarray:
+    """A tensor (any device or dtype) or array-like as a numpy array (float16 -> float32)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype in (torch.float16, torch.bfloat16):
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def page_to_coco_results(page: Page, image_id: int, classes: Sequence[str]) -> List[dict]:
+    """The regions of a predicted page as COCO results (pycocotools ``loadRes`` format).
+
+    Each region: ``image_id``, ``file_name`` (the page's image file name, to map the ids
+    onto a ground truth), ``category_id`` (label: ``classes.index(label) + 1``), ``score``,
+    ``bbox`` ``[x, y, w, h]`` of the polygon and ``segmentation`` (compressed RLE of the
+    polygon at the page's size).
+    """
+    from pycocotools import mask as mask_utils  # only the --coco path needs it
+
+    results = []
+    for region in page.regions:
+        flat = [coordinate for point in region.polygon for coordinate in point]
+        rle = mask_utils.merge(mask_utils.frPyObjects([flat], page.height, page.width))
+        xs = [x for x, _ in region.polygon]
+        ys = [y for _, y in region.polygon]
+        results.append({
+            "image_id": int(image_id), "file_name": page.image_filename,
+            "category_id": list(classes).index(region.label) + 1,
+            "score": float(region.score if region.score is not None else 1.0),
+            "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+            "segmentation": {"size": [page.height, page.width],
+                             "counts": rle["counts"].decode("ascii")}})
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Predictor
+
+
+class Predictor:
+    """A trained model that turns page images into :class:`Page` objects.
+
+    Args:
+        checkpoint: a checkpoint file or a loaded checkpoint dict
+            (:func:`maskdla.checkpoint.load_model`).
+        device: torch device; default CUDA when available, else CPU.
+        score_thresh: detections scoring below are dropped (also the model's own box
+            score threshold, so that 0 keeps everything).
+        overlap_thresh: regions overlapping more (intersection over the smaller area) are
+            merged, the higher-scoring class wins; >= 1 disables merging.
+        no_merge_classes: classes never merged (e.g. ``["drop-capital"]``).
+        tolerance: polygon simplification tolerance in pixels (0 keeps every vertex).
+        min_area: components of at most this many square pixels are dropped.
+        largest_only: one region per detection, its largest connected component.
+        mask_thresh: mask probability from which a pixel belongs to a region.
+        max_detections: at most this many detections per image (default: the model's,
+            torchvision's 100).
+        amp: float16 autocast; default on for CUDA, off otherwise.
+
+    Raises:
+        InputError: an unusable checkpoint, device or class name.
+    """
+
+    def __init__(self, checkpoint: Union[PathLike, Dict[str, Any]],
+                 device: Optional[Union[str, torch.device]] = None, score_thresh: float = 0.5,
+                 overlap_thresh: float = 0.5, no_merge_classes: Sequence[str] = (),
+                 tolerance: float = 1.0, min_area: float = 0.0, largest_only: bool = False,
+                 mask_thresh: float = 0.5, max_detections: Optional[int] = None,
+                 amp: Optional[bool] = None):
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model, self.checkpoint = load_model(checkpoint, self.device)
+        self.classes: List[str] = list(self.checkpoint["classes"])
+        unknown = [name for name in no_merge_classes if name not in self.classes]
+        if unknown:
+            raise InputError(f"unknown class(es) {', '.join(unknown)} to exempt from merging; "
+                             f"the model's classes are {', '.join(self.classes)}")
+        for name, value in (("score_thresh", score_thresh), ("overlap_thresh", overlap_thresh),
+                            ("mask_thresh", mask_thresh)):
+            if not 0 <= value <= 1:
+                raise InputError(f"{name} must be in [0, 1], got {value}")
+        self.min_size, self.max_size = test_size(self.checkpoint["config"])
+        # the model drops boxes at its own threshold (0.05) before the mask head runs
+        self.model.roi_heads.score_thresh = score_thresh
+        if max_detections is not None:
+            if max_detections < 1:
+                raise InputError(f"max_detections must be >= 1, got {max_detections}")
+            self.model.roi_heads.detections_per_img = max_detections
+        self.amp = self.device.type == "cuda" if amp is None else amp
+        self.options = dict(score_thresh=score_thresh, mask_thresh=mask_thresh,
+                            overlap_thresh=overlap_thresh,
+                            no_merge_classes=tuple(no_merge_classes), tolerance=tolerance,
+                            min_area=min_area, largest_only=largest_only)
+
+    def load(self, image: ImageInput) -> Tuple[torch.Tensor, Tuple[int, int], str]:
+        """An input image at the model's size.
+
+        Returns:
+            ``(image Float[3, h, w] in [0, 1], (H0, W0) original size, file name)``; the
+            file name is "" for a tensor or a PIL image not read from a file.
+
+        Raises:
+            InputError: a file that is missing or cannot be decoded, or a bad tensor.
+        """
+        if isinstance(image, torch.Tensor):
+            return self._load_tensor(image), tuple(image.shape[-2:]), ""
+        if isinstance(image, Image.Image):
+            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+            name = Path(getattr(image, "filename", "") or "").name
+            return self._load_tensor(pixels), (image.height, image.width), name
+        path = Path(image)
+        try:
+            with Image.open(path) as opened:
+                size = opened.size
+        except FileNotFoundError:
+            raise InputError("image file not found", path) from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise InputError(f"cannot read the image ({error})", path) from None
+        height, width = training_size(size[1], size[0], self.min_size, self.max_size)
+        # the Dataset's decoder: the very pixels the model was trained on
+        pixels = decode_image(path, width, height, size)
+        return _to_float_chw(pixels), (size[1], size[0]), path.name
+
+    def _load_tensor(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dim() != 3 or image.shape[0] not in (1, 3) or min(image.shape[1:]) < 1:
+            raise InputError(f"an image tensor must be [3, H, W] (or [1, H, W]), "
+                             f"got {tuple(image.shape)}")
+        image = image.detach().cpu()
+        image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        image = image.expand(3, -1, -1)
+        size = training_size(image.shape[1], image.shape[2], self.min_size, self.max_size)
+        if size != tuple(image.shape[1:]):
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                                  antialias=True)[0].clamp_(0, 1)
+        return image
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        """Run the model on images already at its size (from :meth:`load`).
+
+        Returns per image the raw detections on the CPU in the pixels of the given image:
+        ``boxes`` Float[N, 4] xyxy, ``labels`` Int64[N], ``scores`` Float[N], ``masks``
+        Float[N, 1, 28, 28] probabilities over each box (not pasted).
+        """
+        if not images:
+            return []
+        batch = [image.to(self.device, non_blocking=True) for image in images]
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            detections, input_sizes = raw_detections(self.model, batch)
+        result = []
+        for detection, image, input_size in zip(detections, images, input_sizes):
+            detection = {key: value.float().cpu() if value.is_floating_point() else value.cpu()
+                         for key, value in detection.items()}
+            # the model's transform leaves images at the training size alone, so this is
+            # 1 for images from load(); it is not for images of another size
+            detection["boxes"] = scale_boxes(detection["boxes"], input_size,
+                                              tuple(image.shape[-2:]))
+            result.append(detection)
+        return result
+
+    def to_page(self, detection: Dict[str, torch.Tensor], input_size: Tuple[int, int],
+                original_size: Tuple[int, int], image_filename: str = "") -> Page:
+        """Raw detections of :meth:`detect` on an image of ``input_size`` (h, w) -> Page at
+        ``original_size`` (h, w)."""
+        boxes = scale_boxes(detection["boxes"], input_size, original_size)
+        return detections_to_page(boxes, detection["labels"],
+                                  detection["scores"], detection["masks"], self.classes,
+                                  original_size, image_filename, **self.options)
+
+    def predict(self, image: ImageInput) -> Page:
+        """One image (file, PIL image or Float/UInt8[3, H, W] tensor) -> its Page."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> List[Page]:
+        """Several images in one model batch -> their Pages (InputError on a bad image)."""
+        loaded = [self.load(image) for image in images]
+        detections = self.detect([tensor for tensor, _, _ in loaded])
+        return [self.to_page(detection, tuple(tensor.shape[-2:]), original, name)
+                for detection, (tensor, original, name) in zip(detections, loaded)]
+
+
+def _to_float_chw(pixels: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+    """Decoded pixels, UInt8[3, H, W] tensor or UInt8[H, W, 3] array, -> Float[3, H, W] in
+    [0, 1] (as the Dataset delivers images)."""
+    if not isinstance(pixels, torch.Tensor):
+        pixels = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+    return pixels.float().div_(255)
