@@ -5,7 +5,7 @@ tools do not pay for torch's import)::
 
     import maskdla
     model = maskdla.build_model("vovnet39", num_classes=4)
-    maskdla.train(maskdla.TrainConfig(backbone="vovnet39", epochs=450, data="DATA"))
+    summary = maskdla.fit(maskdla.TrainConfig(backbone="vovnet39", epochs=450, data="DATA"))
 """
 from __future__ import annotations
 
@@ -23,20 +23,16 @@ _EXPORTS = {
     "read_page": "maskdla.data.pagexml",
     "write_page": "maskdla.data.pagexml",
     "Dataset": "maskdla.data.dataset",
-    "TrainConfig": "maskdla.train",
+    "TrainConfig": "maskdla.config",
+    "fit": "maskdla.train",
     "evaluate": "maskdla.evaluation",
     "Predictor": "maskdla.prediction",
     "EnergyMeter": "maskdla.energy",
 }
-#: submodules that are also entry points: ``maskdla.train(config)`` runs training
-_CALLABLE_MODULES = {"train": "maskdla.train"}
-
-__all__ = sorted(_EXPORTS) + sorted(_CALLABLE_MODULES) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _CALLABLE_MODULES:
-        return importlib.import_module(_CALLABLE_MODULES[name])
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)

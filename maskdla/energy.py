@@ -17,23 +17,24 @@ Under DDP only local rank 0 of each node runs a meter (:func:`should_measure`); 
 GPUs of its node, so no GPU is counted twice, and :func:`merge_node_summaries` sums the nodes.
 
 The arithmetic of the study (:func:`mean_power_energy_kwh`, :func:`cost`,
-:func:`savings_percent`) and the efficiency row of its tables (:func:`format_duration`,
-:func:`efficiency_row`) live here too, so the training summary and the report share them.
+:func:`savings_percent`) and of resumed runs (:func:`add_energy`) live here too; the
+efficiency row of its tables is :func:`maskdla.tables.efficiency_row`.
 """
 from __future__ import annotations
 
 import csv
 import glob
+import io
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from maskdla.errors import InputError
+from maskdla.files import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ DeviceSpec = Union[int, str]
 
 
 # --------------------------------------------------------------------------------------------
-# The study's arithmetic and the efficiency row
+# The study's arithmetic
 # --------------------------------------------------------------------------------------------
 
 def mean_power_energy_kwh(mean_power_w: float, hours: float, gpus: int = 1) -> float:
@@ -78,40 +79,6 @@ def savings_percent(baseline_kwh: float, kwh: float) -> float:
     if baseline_kwh <= 0:
         raise ValueError(f"baseline energy must be positive, got {baseline_kwh} kWh")
     return (1.0 - kwh / baseline_kwh) * 100.0
-
-
-def format_duration(seconds: float) -> str:
-    """Duration as the study writes it: ``"10 h 48 min"``, ``"57 min"``; under a minute ``"42 s"``.
-
-    Rounded to the nearest minute (to the nearest second under a minute).
-    """
-    if seconds < 59.5:
-        return f"{round(seconds)} s"
-    hours, minutes = divmod(int(round(seconds / 60.0)), 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
-
-
-def efficiency_row(summary: Dict[str, Any]) -> Dict[str, str]:
-    """The study's efficiency columns for one run, as Markdown-ready strings.
-
-    Args:
-        summary: from :meth:`EnergyMeter.summary` or :func:`merge_node_summaries`.
-
-    Returns:
-        ``{"Training Time": "1 h 54 min", "Mem GPU1": "3,247 MiB", "Mem GPU2": ..., "kWh":
-        "0.684", "Cost": "0.168 EUR"}`` in that order: one ``Mem GPU<i>`` per GPU (peak memory
-        used, as nvidia-smi shows it), none without GPUs; ``"n/a"`` for what was not measured.
-        kWh and cost are the run's total (GPUs plus CPU packages where RAPL was readable).
-    """
-    row = {"Training Time": format_duration(summary["duration_s"])}
-    for number, gpu in enumerate(summary.get("gpus", []), start=1):
-        peak = gpu.get("peak_memory_mib")
-        row[f"Mem GPU{number}"] = "n/a" if peak is None else f"{round(peak):,} MiB"
-    energy = summary.get("energy_kwh")
-    money = summary.get("cost")
-    row["kWh"] = "n/a" if energy is None else f"{energy:.3f}"
-    row["Cost"] = "n/a" if money is None else f"{money:.3f} {summary.get('currency', '')}".rstrip()
-    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,6 +146,29 @@ def merge_node_summaries(summaries: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         "nodes": [{key: value for key, value in summary.items() if key != "gpus"}
                   for summary in summaries],
     }
+
+
+def add_energy(earlier: Optional[Dict[str, Any]], later: Optional[Dict[str, Any]]
+               ) -> Optional[Dict[str, Any]]:
+    """Energy summary of a run resumed after ``earlier`` (None: no earlier segment): the
+    later segment's summary with durations, energies and costs added up, peaks maxed."""
+    if earlier is None or later is None:
+        return later or earlier
+    total = dict(later, segments=earlier.get("segments", 1) + 1)
+    for key in ("duration_s", "gpu_energy_kwh", "cpu_energy_kwh", "energy_kwh", "cost"):
+        if earlier.get(key) is not None:
+            total[key] = earlier[key] + (later.get(key) or 0.0)
+    gpus = []
+    for index, gpu in enumerate(later.get("gpus", [])):
+        before = earlier["gpus"][index] if index < len(earlier.get("gpus", [])) else {}
+        gpu = dict(gpu)
+        gpu["energy_kwh"] = gpu.get("energy_kwh", 0.0) + before.get("energy_kwh", 0.0)
+        peaks = [value for value in (gpu.get("peak_memory_mib"), before.get("peak_memory_mib"))
+                 if value is not None]
+        gpu["peak_memory_mib"] = max(peaks) if peaks else None
+        gpus.append(gpu)
+    total["gpus"] = gpus
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,7 +464,7 @@ class EnergyMeter:
         if self.csv_path is not None:
             try:
                 self._write_csv(self.csv_path)
-            except OSError as error:  # measuring must not turn a finished run into a failure
+            except (OSError, InputError) as error:  # measuring must not fail a finished run
                 self.write_error = f"{self.csv_path}: {error}"
                 logger.warning("could not write the energy timeline: %s", self.write_error)
 
@@ -724,26 +714,16 @@ class EnergyMeter:
         }
 
     def _write_csv(self, path: str) -> None:
-        """Write the timeline to ``path`` atomically (temp file in the same folder, then rename)."""
-        folder = os.path.dirname(os.path.abspath(path))
+        """Write the timeline to ``path`` atomically."""
         rows = list(self._rows)  # a snapshot: a stuck thread may still append
-        handle, temp_path = tempfile.mkstemp(prefix=".energy-", suffix=".csv.tmp", dir=folder)
-        try:
-            with os.fdopen(handle, "w", newline="") as csv_file:
-                writer = csv.writer(csv_file)
-                writer.writerow(CSV_COLUMNS)
-                for row in rows:
-                    writer.writerow(["" if value is None else
-                                     round(value, 6) if isinstance(value, float) else value
-                                     for value in row])
-            os.chmod(temp_path, 0o644)  # mkstemp makes it owner-only; a timeline is for sharing
-            os.replace(temp_path, path)
-        except BaseException:
-            try:
-                os.unlink(temp_path)
-            except OSError:
-                pass
-            raise
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow(["" if value is None else
+                             round(value, 6) if isinstance(value, float) else value
+                             for value in row])
+        write_bytes_atomic(path, text.getvalue().encode("utf-8"))
 
 
 def _mean(total: float, count: int) -> Optional[float]:

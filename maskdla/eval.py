@@ -49,7 +49,7 @@ def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
     if not (args.ann or args.data):
         return run_dataset(config, args.split, classes=classes)
     min_size, max_size = test_size(config)
-    options = {"classes": classes, "class_map": config.get("class_map"),
+    options = {"classes": classes, "class_map": config.class_map,
                "min_size": min_size, "max_size": max_size}
     if args.ann:
         return Dataset.from_coco(args.ann, args.images, **options)

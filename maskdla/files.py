@@ -7,24 +7,31 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Callable, Union
 
 from maskdla.errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def write_bytes_atomic(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and
-    os.replace, so readers never see a half-written file. The file gets the usual
-    permissions (umask), unlike a mkstemp file. A folder that cannot be created or written
-    is an InputError naming the path."""
+def write_atomic(path: PathLike, write: Callable[[BinaryIO], Any], *, durable: bool = False) -> None:
+    """Write ``path`` through a temporary file in the same folder and os.replace, so readers
+    never see a half-written file: ``write(file)`` fills the binary temporary file.
+
+    ``durable``: fsync the file before the rename, so that the new contents survive a power
+    cut, not only a crash of the process (checkpoints). The file gets the usual permissions
+    (umask), unlike a mkstemp file. A folder that cannot be created or written is an
+    InputError naming the path.
+    """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "xb") as file:
-            file.write(data)
+            write(file)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
@@ -32,6 +39,11 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: PathLike, data: bytes, *, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda file: file.write(data), durable=durable)
 
 
 def write_json_atomic(path: PathLike, data: Any) -> None:

@@ -2,10 +2,11 @@
 image size of a run, and Mask R-CNN's forward up to (not including) mask pasting."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from maskdla.config import TrainConfig
 from maskdla.errors import InputError
 
 
@@ -23,12 +24,9 @@ def resolve_device(name: Optional[str]) -> torch.device:
     return device
 
 
-def test_size(config: Dict[str, Any]) -> Tuple[int, int]:
+def test_size(config: TrainConfig) -> Tuple[int, int]:
     """(min_size, max_size) at test time: torchvision tests at the last training min_size."""
-    min_size = config.get("min_size") or 800
-    if isinstance(min_size, (list, tuple)):
-        min_size = min_size[-1]
-    return int(min_size), int(config.get("max_size") or 1333)
+    return config.test_min_size, config.max_size
 
 
 def raw_detections(model: torch.nn.Module, images: List[torch.Tensor], amp: bool = False

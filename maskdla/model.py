@@ -12,13 +12,13 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from maskdla.backbones import build_backbone
+from maskdla.config import DEFAULT_ANCHOR_RATIOS, TrainConfig
 from maskdla.data.resize import training_size
 
 #: convs in torchvision's (and detectron2's) mask head
 MASK_HEAD_CONVS = 4
 #: torchvision's FPN anchor sizes, one per level (strides 4-64)
 ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
-DEFAULT_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 #: width of torchvision's two-layer box head (TwoMLPHead)
 BOX_HEAD_REPRESENTATION = 1024
 
@@ -98,17 +98,17 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
     return model
 
 
-def model_kwargs_from_config(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The ``build_model`` keywords a run's config (a plain dict) fixes: what must match
-    to load its checkpoint. ``pretrained`` is not among them: the checkpoint has the weights."""
-    return {
-        "norm": config["norm"],
-        "min_size": list(config.get("min_size") or [800]),
-        "max_size": int(config.get("max_size") or 1333),
-        "fpn_channels": config.get("fpn_channels"),
-        "vovnet_version": int(config.get("vovnet_version") or 2),
-        "anchor_ratios": tuple(config.get("anchor_ratios") or DEFAULT_ANCHOR_RATIOS),
-    }
+def build_model_from_config(config: TrainConfig, num_classes: int, *,
+                            with_pretrained: bool = False) -> MaskRCNN:
+    """The model a run's config describes, with ``num_classes`` classes (background
+    included). ``with_pretrained``: load ``config.pretrained`` into the body (a fresh run);
+    otherwise the weights come from a checkpoint."""
+    return build_model(config.backbone, num_classes,
+                       pretrained=config.pretrained if with_pretrained else None,
+                       norm=config.resolved_norm, min_size=config.min_size,
+                       max_size=config.max_size, freeze_at=config.freeze_at,
+                       fpn_channels=config.fpn_channels, anchor_ratios=config.anchor_ratios,
+                       box_batch_size_per_image=config.rois_per_image)
 
 
-__all__: List[str] = ["build_model", "PageTransform", "model_kwargs_from_config"]
+__all__: List[str] = ["build_model", "build_model_from_config", "PageTransform"]

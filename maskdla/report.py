@@ -34,15 +34,20 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from maskdla.cli import run_main
-from maskdla.files import read_json, write_bytes_atomic
-from maskdla.energy import efficiency_row, format_duration, savings_percent
+from maskdla.config import TrainConfig
+from maskdla.energy import savings_percent
 from maskdla.errors import InputError
+from maskdla.files import read_json, write_bytes_atomic
+from maskdla.tables import (AP_COLUMNS, MISSING, TASK_NAMES, efficiency_row, format_ap,
+                            format_duration, format_percent, markdown_table)
 
 #: Metric columns of the quality table, as the study reports them (APs is empty for
 #: VORAU-253: no object is smaller than 32x32 px).
-QUALITY_METRICS = ("AP", "AP50", "AP75", "APm", "APl")
-#: metrics.json task key -> the study's task name.
-TASKS = (("bbox", "box"), ("segm", "segm"))
+QUALITY_METRICS = AP_COLUMNS
+#: (metrics.json task key, the study's task name)
+TASKS = tuple(TASK_NAMES.items())
+#: keys of config.json that are facts of the run, not settings
+RUN_FACTS = ("world_size", "train_size", "classes")
 #: Plot file names (without .png) and titles, in report order.
 PLOTS = (
     ("loss", "Training loss (dashed: LR steps)"),
@@ -50,8 +55,6 @@ PLOTS = (
     ("gpu_memory", "GPU memory over time"),
     ("energy", "Energy per run"),
 )
-#: Shown in a table cell when a figure is unknown (or -1: "no objects of that size").
-MISSING = "n/a"
 
 
 # --------------------------------------------------------------------------- reading
@@ -64,7 +67,8 @@ class RunRecord:
     Attributes:
         path: the run folder.
         name: the folder's name (``runs/epochs/e450`` -> ``"e450"``).
-        config: config.json (TrainConfig fields plus world_size, train_size).
+        config: config.json's settings.
+        facts: config.json's facts of the run (world_size, train_size, classes).
         metrics: metrics.json (``{"bbox": {...}, "segm": {...}}``, percent) or None.
         summary: summary.json (training time, energy summary) or None.
         log: log.jsonl rows (epoch, iteration, lr, loss, ...), in file order.
@@ -75,7 +79,8 @@ class RunRecord:
 
     path: Path
     name: str
-    config: Dict[str, Any]
+    config: TrainConfig
+    facts: Dict[str, Any] = field(default_factory=dict)
     metrics: Optional[Dict[str, Any]] = None
     summary: Optional[Dict[str, Any]] = None
     log: List[Dict[str, Any]] = field(default_factory=list)
@@ -85,7 +90,7 @@ class RunRecord:
 
     @property
     def backbone(self) -> str:
-        return str(self.config.get("backbone", "?"))
+        return self.config.backbone
 
 
 def _read_json_object(path: Path) -> Dict[str, Any]:
@@ -184,7 +189,7 @@ def load_run(path: os.PathLike | str, warnings: Optional[List[str]] = None) -> R
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise InputError("not a run folder (no config.json)", folder)
-    config = _read_json_object(config_path)
+    config, facts = _read_config(config_path)
     metrics_path, summary_path = folder / "metrics.json", folder / "summary.json"
     if not metrics_path.is_file() and not summary_path.is_file():
         raise InputError("nothing to report yet: no metrics.json or summary.json "
@@ -197,10 +202,20 @@ def load_run(path: os.PathLike | str, warnings: Optional[List[str]] = None) -> R
     if not finished:
         warnings.append(f"{folder}: no checkpoint_final.pth: the run may be unfinished")
     return RunRecord(
-        path=folder, name=folder.resolve().name, config=config, metrics=metrics,
+        path=folder, name=folder.resolve().name, config=config, facts=facts, metrics=metrics,
         summary=summary, log=_read_jsonl(folder / "log.jsonl", warnings),
         history=_read_jsonl(folder / "metrics_history.jsonl", warnings),
         energy=_read_energy_csv(folder / "energy.csv", warnings), finished=finished)
+
+
+def _read_config(path: Path) -> Tuple[TrainConfig, Dict[str, Any]]:
+    """config.json: the run's TrainConfig and the facts written next to it."""
+    values = _read_json_object(path)
+    facts = {key: values.pop(key) for key in RUN_FACTS if key in values}
+    try:
+        return TrainConfig.from_dict(values), facts
+    except InputError as error:
+        raise InputError(f"malformed: {error}", path) from None
 
 
 def _natural_key(text: str) -> List[Any]:
@@ -283,16 +298,6 @@ def _efficiency_cells(run: RunRecord) -> Dict[str, str]:
     return row
 
 
-def _format_ap(value: Any) -> str:
-    number = _number(value)
-    # pycocotools' -1 means "no objects of that size": the study leaves such cells empty.
-    return MISSING if number is None or number < 0 else f"{number:.2f}"
-
-
-def _format_percent(value: Optional[float]) -> str:
-    return MISSING if value is None else f"{value:.1f} %"
-
-
 def run_labels(runs: Sequence[RunRecord]) -> Tuple[str, List[str]]:
     """The first column: (header, one label per run).
 
@@ -322,14 +327,10 @@ class Table:
     note: str = ""
 
     def to_markdown(self) -> str:
-        def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
         lines = [f"## {self.title}", ""]
         if self.note:
             lines += [self.note, ""]
-        lines += [line(self.headers), "|" + "---|" * len(self.headers)]
-        lines += [line(row) for row in self.rows]
-        return "\n".join(lines) + "\n"
+        return "\n".join([*lines, markdown_table(self.headers, self.rows)]) + "\n"
 
     def to_html(self) -> str:
         head = "".join(f"<th>{html.escape(cell)}</th>" for cell in self.headers)
@@ -352,7 +353,7 @@ def quality_table(runs: Sequence[RunRecord]) -> Optional[Table]:
             results = run.metrics.get(task)
             if isinstance(results, dict):
                 rows.append([label, task_name]
-                            + [_format_ap(results.get(key)) for key in QUALITY_METRICS])
+                            + [format_ap(results.get(key)) for key in QUALITY_METRICS])
     if not rows:
         return None
     return Table("Quality (COCO AP, %)", [header, "Task", *QUALITY_METRICS], rows)
@@ -390,9 +391,9 @@ def savings_table(runs: Sequence[RunRecord], baseline: RunRecord) -> Table:
         time_saved = (savings_percent(base_time, seconds)
                       if base_time and seconds is not None else None)
         rows.append([label, MISSING if kwh is None else f"{kwh:.3f}",
-                     _format_percent(energy_saved),
+                     format_percent(energy_saved),
                      MISSING if seconds is None else format_duration(seconds),
-                     _format_percent(time_saved)])
+                     format_percent(time_saved)])
     return Table(f"Savings vs {baseline.name}",
                  [header, "kWh", "Energy saved", "Training Time", "Time saved"], rows,
                  note=f"Baseline {baseline.path}: "
@@ -427,8 +428,7 @@ def _lr_step_epochs(run: RunRecord, warnings: List[str]) -> List[float]:
     """The run's LR milestones in epochs, from its config (lr_steps, epochs)."""
     from maskdla.schedule import parse_lr_steps
     try:
-        return list(parse_lr_steps(str(run.config.get("lr_steps", "default")),
-                                   float(run.config["epochs"])))
+        return list(parse_lr_steps(run.config.lr_steps, run.config.epochs))
     except (InputError, KeyError, TypeError, ValueError) as error:
         warnings.append(f"{run.path}: LR steps not marked: {error}")
         return []
@@ -480,8 +480,8 @@ def plot_ap(runs: Sequence[RunRecord], labels: Sequence[str]) -> Optional[bytes]
     plotted = False
     for index, (run, label) in enumerate(zip(runs, labels)):
         history = list(run.history)
-        if not history and run.metrics is not None and "epochs" in run.config:
-            history = [{"epoch": run.config["epochs"], **run.metrics}]
+        if not history and run.metrics is not None:
+            history = [{"epoch": run.config.epochs, **run.metrics}]
         for axes, (task, task_name) in zip(panels, TASKS):
             points = sorted((row["epoch"], row[task]["AP"]) for row in history
                             if _number(row.get("epoch")) is not None

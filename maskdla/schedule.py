@@ -32,10 +32,6 @@ def epochs_to_iterations(epochs: float, train_size: int, total_batch_size: int) 
     return round(epochs * train_size / total_batch_size)
 
 
-def iterations_to_epochs(iterations: int, train_size: int, total_batch_size: int) -> float:
-    return iterations * total_batch_size / train_size
-
-
 def parse_lr_steps(spec: str, epochs: float) -> List[float]:
     """LR milestones in epochs from a preset name (``default``, ``early``, ``late``),
     explicit epochs (``"300,400"``) or fractions of training (``"0.4,0.7"``, all < 1).

@@ -13,10 +13,11 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 
 from maskdla.energy import (
-    CSV_COLUMNS, EnergyMeter, RaplReader, cost, efficiency_row, format_duration,
-    mean_power_energy_kwh, merge_node_summaries, savings_percent, should_measure,
+    CSV_COLUMNS, EnergyMeter, RaplReader, cost, mean_power_energy_kwh, merge_node_summaries,
+    savings_percent, should_measure,
 )
 from maskdla.errors import InputError
+from maskdla.tables import efficiency_row, format_duration
 
 MIB = 1024 * 1024
 INTERVAL = 0.01

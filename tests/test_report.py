@@ -99,12 +99,12 @@ Runs: `{base}`, `{resnet}`, `{vovnet}`
 
 | Run | Task | AP | AP50 | AP75 | APm | APl |
 |---|---|---|---|---|---|---|
-| base_case | box | 68.66 | 97.00 | 81.00 | 40.00 | 69.00 |
-| base_case | segm | 67.38 | 96.00 | 79.00 | 35.00 | 68.00 |
-| e450 | box | 69.56 | 97.24 | 81.89 | 40.97 | 69.85 |
-| e450 | segm | 68.17 | 96.25 | 79.48 | 37.36 | 68.43 |
-| vovnet39_e450 | box | 70.23 | 97.55 | 82.08 | 42.00 | 70.50 |
-| vovnet39_e450 | segm | 68.72 | 96.50 | 80.00 | 36.00 | 69.00 |
+| base_case | Bounding Box | 68.66 | 97.00 | 81.00 | 40.00 | 69.00 |
+| base_case | Segmentation | 67.38 | 96.00 | 79.00 | 35.00 | 68.00 |
+| e450 | Bounding Box | 69.56 | 97.24 | 81.89 | 40.97 | 69.85 |
+| e450 | Segmentation | 68.17 | 96.25 | 79.48 | 37.36 | 68.43 |
+| vovnet39_e450 | Bounding Box | 70.23 | 97.55 | 82.08 | 42.00 | 70.50 |
+| vovnet39_e450 | Segmentation | 68.72 | 96.50 | 80.00 | 36.00 | 69.00 |
 
 ## Efficiency
 
@@ -143,8 +143,8 @@ def test_folder_of_runs_and_baseline_by_path(study_runs, tmp_path, capsys):
     # is not added twice.
     assert main([str(tmp_path), "--baseline", str(base)]) == 0
     markdown = capsys.readouterr().out
-    assert markdown.count("| base_case | box |") == 1
-    assert markdown.index("| base_case | box") < markdown.index("| e450 | box")
+    assert markdown.count("| base_case | Bounding Box |") == 1
+    assert markdown.index("| base_case | Bounding Box") < markdown.index("| e450 | Bounding Box")
     assert "| e450 | 0.684 | 82.1 % | 1 h 54 min | 82.4 % |" in markdown
 
 
@@ -153,7 +153,7 @@ def test_backbone_column_when_backbones_differ(study_runs):
     report = build_report([resnet, vovnet])
     quality = report.tables[0].to_markdown()
     assert "| Backbone | Task | AP | AP50 | AP75 | APm | APl |" in quality
-    assert "| resnet50 | box | 69.56 | 97.24 | 81.89 | 40.97 | 69.85 |" in quality
+    assert "| resnet50 | Bounding Box | 69.56 | 97.24 | 81.89 | 40.97 | 69.85 |" in quality
     assert run_labels(report.runs) == ("Backbone", ["resnet50", "vovnet39"])
 
 
@@ -178,7 +178,7 @@ def test_missing_and_malformed_runs_are_named_and_the_rest_reported(study_runs, 
     assert f"{resnet / 'log.jsonl'}: skipped 1 malformed line(s): 21" in err
     assert "Traceback" not in err
     markdown = captured.out
-    assert "| resnet50 | box | 69.56 |" in markdown
+    assert "| resnet50 | Bounding Box | 69.56 |" in markdown
     assert "## Skipped run folders" in markdown
     assert f"- {missing}: no such run folder" in markdown
 
@@ -206,7 +206,7 @@ def test_cpu_run_without_gpu_figures(tmp_path):
                     _metrics((10, 20, 5, -1, -1, 10), (9, 19, 4, -1, -1, 9)),
                     _summary(95.0, [], None, None, method="unavailable"))
     tables = {t.title: t.to_markdown() for t in build_report([run]).tables}
-    assert "| resnet50 | box | 10.00 | 20.00 | 5.00 | n/a | 10.00 |" in tables["Quality (COCO AP, %)"]
+    assert "| resnet50 | Bounding Box | 10.00 | 20.00 | 5.00 | n/a | 10.00 |" in tables["Quality (COCO AP, %)"]
     assert "| Backbone | Training Time | kWh | Cost |" in tables["Efficiency"]
     assert "| resnet50 | 2 min | n/a | n/a |" in tables["Efficiency"]
 

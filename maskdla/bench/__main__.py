@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 from typing import Optional, Sequence
 
@@ -24,7 +25,6 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    import os
     text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
@@ -36,13 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     subparsers = parser.add_subparsers(dest="benchmark", required=True, metavar="NAME")
     modules = {}
     for name, module_name in BENCHMARKS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue  # benchmark not written yet
-        modules[name] = module
+        module = modules[name] = importlib.import_module(module_name)
         sub = subparsers.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
         sub.add_argument("--json", action="store_true",
                          help="print the figures as one JSON object on the last line")

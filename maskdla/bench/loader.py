@@ -6,7 +6,7 @@ in this process with one torch thread (= one DataLoader worker):
 
 * ours: ``Dataset.__getitem__`` (reduced JPEG decoding, masks rasterised at the small
   size inside each region's box);
-* ours with PIL decoding: the same with simplejpeg switched off, as on a platform without
+* ours with PIL decoding: the same with ``use_simplejpeg=False``, as on a platform without
   its wheel (JPEG through PIL ``draft`` and ``np.array``);
 * ours through one DataLoader worker process: what training gets, the items crossing to
   this process through shared memory (wall clock only);
@@ -19,13 +19,13 @@ Passes over all pages alternate between the pipelines; figures are medians over 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import collections
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import numpy as np
 import torch
@@ -34,7 +34,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from maskdla.cli import positive_int
-from maskdla.data import dataset as dataset_module
 from maskdla.data.dataset import Dataset, collate_fn, training_size
 from maskdla.data.pagexml import write_page
 from maskdla.data.synthetic import JPEG_QUALITY, render_page
@@ -87,17 +86,6 @@ def naive_item(path: Path, annotations: List[Dict[str, Any]], height: int,
     return small, small_masks
 
 
-@contextlib.contextmanager
-def _pil_decoding():
-    """The Dataset as it runs where simplejpeg is not installed."""
-    simplejpeg = dataset_module.simplejpeg
-    dataset_module.simplejpeg = None
-    try:
-        yield
-    finally:
-        dataset_module.simplejpeg = simplejpeg
-
-
 def _timed(function: Callable[[], None]) -> Tuple[float, float]:
     """(wall seconds, CPU seconds of this thread) of one call."""
     wall, cpu = time.perf_counter(), time.thread_time()
@@ -105,61 +93,67 @@ def _timed(function: Callable[[], None]) -> Tuple[float, float]:
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
+def _consume(items: Iterable[Any]) -> None:
+    """Make every item and drop it at once (as a training step would, memory-wise)."""
+    collections.deque(items, maxlen=0)
+
+
+def _page_items(dataset: Dataset) -> List[Tuple[Path, List[Dict[str, Any]], Tuple[int, int]]]:
+    """(image path, its annotations, training size) of every page: the naive pipeline's input."""
+    by_image: Dict[int, List[Dict[str, Any]]] = {}
+    for annotation in dataset.coco["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    return [(dataset.image_path(index), by_image.get(info["id"], []),
+             training_size(info["height"], info["width"], MIN_SIZE, MAX_SIZE))
+            for index, info in enumerate(dataset.coco["images"])]
+
+
+def _time_pipelines(folder: Path, repeats: int) -> Tuple[Dict[str, List[Tuple[float, float]]],
+                                                         Dict[str, Any]]:
+    """(wall and CPU seconds of each pass of each pipeline, facts of the pages)."""
+    dataset = Dataset.from_folder(folder, split=None, min_size=MIN_SIZE, max_size=MAX_SIZE)
+    pil_dataset = Dataset.from_folder(folder, split=None, min_size=MIN_SIZE, max_size=MAX_SIZE,
+                                      use_simplejpeg=False)
+    items = _page_items(dataset)
+    facts = {"megabytes": statistics.mean(dataset.image_path(i).stat().st_size
+                                          for i in range(len(dataset))) / 1e6,
+             "regions": statistics.mean(len(annotations) for _, annotations, _ in items),
+             "size": items[0][2]}
+    # what training gets: the items cross from a worker process through shared memory
+    # (~34 MB a page: float image and uint8 masks); this process only receives
+    worker_loader = DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=collate_fn,
+                               persistent_workers=True, prefetch_factor=4)
+    pipelines: Dict[str, Callable[[], Any]] = {
+        "ours": lambda: _consume(dataset[index] for index in range(len(dataset))),
+        "ours, PIL decoding": lambda: _consume(pil_dataset[index]
+                                               for index in range(len(pil_dataset))),
+        "ours, 1 worker process": lambda: _consume(worker_loader),
+        "naive": lambda: _consume(naive_item(path, annotations, height, width)
+                                  for path, annotations, (height, width) in items),
+    }
+    for function in pipelines.values():  # warm up: page cache, allocator, lazy imports
+        function()
+    timings: Dict[str, List[Tuple[float, float]]] = {name: [] for name in pipelines}
+    for _ in range(repeats):
+        for name, function in pipelines.items():
+            timings[name].append(_timed(function))
+    cached = Dataset.from_folder(folder, split=None, min_size=MIN_SIZE, max_size=MAX_SIZE,
+                                 cache=True)
+    for index in range(len(cached)):
+        cached[index]  # fill the cache
+    timings["ours, cached images"] = [_timed(lambda: _consume(cached[i] for i in range(len(cached))))
+                                      for _ in range(repeats)]
+    del worker_loader  # its worker process ends before the pages are removed
+    return timings, facts
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     torch.set_num_threads(1)  # what one DataLoader worker gets
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="maskdla-bench-loader-") as temporary:
-        folder = Path(temporary)
         print(f"writing {args.pages} synthetic {args.width}px pages ...", flush=True)
-        write_pages(folder, args.pages, args.width)
-        dataset = Dataset.from_folder(folder, split=None, min_size=MIN_SIZE, max_size=MAX_SIZE)
-        megabytes = statistics.mean(dataset.image_path(i).stat().st_size
-                                    for i in range(len(dataset))) / 1e6
-        by_image: Dict[int, List[Dict[str, Any]]] = {}
-        for annotation in dataset.coco["annotations"]:
-            by_image.setdefault(annotation["image_id"], []).append(annotation)
-        items = []
-        for index, info in enumerate(dataset.coco["images"]):
-            size = training_size(info["height"], info["width"], MIN_SIZE, MAX_SIZE)
-            items.append((dataset.image_path(index), by_image.get(info["id"], []), size))
-        regions = statistics.mean(len(page_annotations) for _, page_annotations, _ in items)
-
-        def ours() -> None:
-            for index in range(len(dataset)):
-                dataset[index]
-
-        def ours_pil() -> None:
-            with _pil_decoding():
-                ours()
-
-        def naive() -> None:
-            for path, page_annotations, (height, width) in items:
-                naive_item(path, page_annotations, height, width)
-
-        # what training gets: the items cross from a worker process through shared memory
-        # (~34 MB a page: float image and uint8 masks); this process only receives
-        worker_loader = DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=collate_fn,
-                                   persistent_workers=True, prefetch_factor=4)
-
-        def ours_worker() -> None:
-            for _ in worker_loader:
-                pass
-
-        pipelines = {"ours": ours, "ours, PIL decoding": ours_pil,
-                     "ours, 1 worker process": ours_worker, "naive": naive}
-        for function in pipelines.values():  # warm up: page cache, allocator, lazy imports
-            function()
-        timings: Dict[str, List[Tuple[float, float]]] = {name: [] for name in pipelines}
-        for _ in range(args.repeats):
-            for name, function in pipelines.items():
-                timings[name].append(_timed(function))
-        cached = Dataset.from_folder(folder, split=None, min_size=MIN_SIZE, max_size=MAX_SIZE,
-                                     cache=True)
-        for index in range(len(cached)):
-            cached[index]  # fill the cache
-        timings["ours, cached images"] = [_timed(lambda: [cached[i] for i in range(len(cached))])
-                                          for _ in range(args.repeats)]
-        del worker_loader  # its worker process ends before the pages are removed
+        write_pages(Path(temporary), args.pages, args.width)
+        timings, facts = _time_pipelines(Path(temporary), args.repeats)
     load_after = os.getloadavg()[0]
 
     pages = args.pages
@@ -170,9 +164,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         # this thread's CPU time says nothing of the work done in a worker process
         figures[name] = (pages / wall, None if name == "ours, 1 worker process" else pages / cpu)
     print(f"{pages} pages of {args.width}x{round(args.width * 3900 / 2700)} px, "
-          f"{megabytes:.2f} MB JPEG and {regions:.0f} regions each -> training size "
-          f"{items[0][2][1]}x{items[0][2][0]}; {args.repeats} passes, medians; "
-          f"1-min load average {load_before:.1f} before, {load_after:.1f} after")
+          f"{facts['megabytes']:.2f} MB JPEG and {facts['regions']:.0f} regions each -> "
+          f"training size {facts['size'][1]}x{facts['size'][0]}; {args.repeats} passes, "
+          f"medians; 1-min load average {load_before:.1f} before, {load_after:.1f} after")
     print(f"{'pipeline':<22} {'pages/s':>9} {'pages/CPU-s':>12}")
     for name, (per_second, per_cpu_second) in figures.items():
         cpu_text = "-" if per_cpu_second is None else f"{per_cpu_second:.2f}"
@@ -191,6 +185,6 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "speedup": round(speedup, 2),
         "speedup_cpu": round(speedup_cpu, 2),
         "pages": pages, "repeats": args.repeats, "width": args.width,
-        "jpeg_megabytes": round(megabytes, 2), "regions_per_page": regions,
+        "jpeg_megabytes": round(facts["megabytes"], 2), "regions_per_page": facts["regions"],
         "load_average": [round(load_before, 2), round(load_after, 2)],
     }

@@ -7,11 +7,11 @@ delivers them at the ``--size`` training size), read by the run's Dataset (``tra
 Three loops run on the same model (``maskdla.build_model``, same seed, same arguments)
 and the same batches (same DataLoader settings: workers, pinning, prefetching, sampler):
 
-* ours: ``maskdla.train.train(TrainConfig(...))`` itself, everything as a user runs it
+* ours: ``maskdla.train.fit(TrainConfig(...))`` itself, everything as a user runs it
   (log every 20 iterations, LR scheduler, progress bar, loss bookkeeping on the device),
   stopped with ``stop_after_iterations`` before any checkpoint or evaluation. Nothing in
-  it is replaced: the benchmark only swaps the module's ``DataLoader`` for a subclass that
-  stamps the time each batch arrives and how long ``next()`` waited for it;
+  it is replaced: the loop's :class:`maskdla.train.TrainHooks` stamp the time each batch
+  arrives and how long the loader waited for it;
 * bare: ``loss = sum(model(images, targets).values()); opt.zero_grad(); loss.backward();
   opt.step()`` after copying the batch to the device (plus autocast and, for fp16, a
   GradScaler, so that both loops compute the same thing);
@@ -46,8 +46,12 @@ from torch.utils.data import DataLoader
 
 import maskdla.train as training
 from maskdla.cli import positive_int
+from maskdla.config import TrainConfig
+from maskdla.data.samplers import EpochBatches
+from maskdla.data.sources import run_datasets
 from maskdla.data.synthetic import generate_corpus
 from maskdla.errors import InputError
+from maskdla.model import build_model_from_config
 
 DESCRIPTION = ("images/s of maskdla's training loop against a bare torchvision Mask R-CNN step "
                "on the same model and batches: overhead, data wait, phases, peak memory")
@@ -104,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interleaved repeats of ours and bare; medians are reported (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--rois-per-image", type=positive_int, default=training.TrainConfig.rois_per_image,
+    parser.add_argument("--rois-per-image", type=positive_int, default=TrainConfig.rois_per_image,
                         help="RoIs sampled per image for the box head's loss (default 512, as training)")
     parser.add_argument("--page-width", type=positive_int,
                         help="width of the synthetic pages in px (default: the short side of --size; "
@@ -136,6 +140,14 @@ class BatchClock:
     arrivals_cpu: List[float] = field(default_factory=list)
     waits: List[float] = field(default_factory=list)
 
+    def arrived(self, wait_s: float) -> None:
+        """A batch arrived after ``wait_s`` seconds in ``next()``."""
+        if len(self.arrivals) in self.sync_at and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.waits.append(wait_s)
+        self.arrivals.append(time.perf_counter())
+        self.arrivals_cpu.append(time.process_time())
+
     def batches(self, loader_iterator: Iterator[Any]) -> Iterator[Any]:
         while True:
             asked = time.perf_counter()
@@ -143,12 +155,7 @@ class BatchClock:
                 batch = next(loader_iterator)
             except StopIteration:
                 return
-            got = time.perf_counter()
-            if len(self.arrivals) in self.sync_at and self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.waits.append(got - asked)
-            self.arrivals.append(time.perf_counter())
-            self.arrivals_cpu.append(time.process_time())
+            self.arrived(time.perf_counter() - asked)
             yield batch
 
     def window(self, start: int, stop: int) -> Tuple[float, float, float]:
@@ -162,48 +169,20 @@ class BatchClock:
                 self.arrivals_cpu[stop] - self.arrivals_cpu[start])
 
 
-@dataclass
-class Recorded:
-    """What ``maskdla.train`` built, so that the bare loop rebuilds exactly the same."""
+class ClockHooks(training.TrainHooks):
+    """The training loop's seams, watched: each batch's arrival goes to ``clock``, the
+    first step's losses are kept (on the device: no sync)."""
 
-    model_arguments: Optional[Tuple[tuple, dict]] = None
-    loader_arguments: Optional[Tuple[tuple, dict]] = None
-    loader_generator_state: Optional[torch.Tensor] = None
-    first_losses: Optional[torch.Tensor] = None
+    def __init__(self, clock: BatchClock):
+        self.clock = clock
+        self.first_losses: Optional[torch.Tensor] = None
 
+    def batch_ready(self, iteration: int, wait_s: float) -> None:
+        self.clock.arrived(wait_s)
 
-@contextlib.contextmanager
-def watching_training(clock: BatchClock, recorded: Recorded) -> Iterator[None]:
-    """Within: ``maskdla.train`` builds its DataLoader as a subclass that runs its batches
-    through ``clock``, and its model and loader arguments land in ``recorded``."""
-    originals = training.DataLoader, training.build_model, training.train_step
-
-    class ClockedDataLoader(DataLoader):
-        def __init__(self, *args: Any, **kwargs: Any):
-            recorded.loader_arguments = (args, dict(kwargs))
-            if kwargs.get("generator") is not None:
-                recorded.loader_generator_state = kwargs["generator"].get_state()
-            super().__init__(*args, **kwargs)
-
-        def __iter__(self) -> Iterator[Any]:
-            return clock.batches(super().__iter__())
-
-    def build_model(*args: Any, **kwargs: Any) -> torch.nn.Module:
-        recorded.model_arguments = (args, dict(kwargs))
-        return originals[1](*args, **kwargs)
-
-    def train_step(*args: Any, **kwargs: Any) -> torch.Tensor:
-        losses = originals[2](*args, **kwargs)
-        if recorded.first_losses is None:
-            recorded.first_losses = losses.detach().clone()  # stays on the device: no sync
-        return losses
-
-    training.DataLoader, training.build_model, training.train_step = (
-        ClockedDataLoader, build_model, train_step)
-    try:
-        yield
-    finally:
-        training.DataLoader, training.build_model, training.train_step = originals
+    def step_done(self, iteration: int, losses: torch.Tensor) -> None:
+        if self.first_losses is None:
+            self.first_losses = losses.detach().clone()
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,37 +207,33 @@ def _peak(device: torch.device) -> Optional[float]:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def run_ours(config: training.TrainConfig, device: torch.device, warmup: int, steps: int
-             ) -> Tuple[LoopResult, Recorded]:
-    """``maskdla.train.train(config)`` for ``warmup + steps + 1`` iterations, timed."""
-    clock, recorded = BatchClock(device, sync_at=(warmup, warmup + steps)), Recorded()
+def run_ours(config: TrainConfig, device: torch.device, warmup: int, steps: int) -> LoopResult:
+    """``maskdla.train.fit(config)`` for ``warmup + steps + 1`` iterations, timed through
+    its hooks."""
+    hooks = ClockHooks(BatchClock(device, sync_at=(warmup, warmup + steps)))
     _reset_peak(device)
     quiet = io.StringIO()  # the run's messages and progress bar, out of the table
-    with watching_training(clock, recorded), contextlib.redirect_stdout(quiet), \
-            contextlib.redirect_stderr(quiet):
-        training.train(config)
-    return LoopResult(*clock.window(warmup, warmup + steps), _peak(device),
-                      recorded.first_losses), recorded
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        training.fit(config, hooks)
+    return LoopResult(*hooks.clock.window(warmup, warmup + steps), _peak(device),
+                      hooks.first_losses)
 
 
-def rebuild(recorded: Recorded, seed: int, device: torch.device
+def rebuild(config: TrainConfig, device: torch.device
             ) -> Tuple[torch.nn.Module, Callable[[], DataLoader]]:
-    """The model ``maskdla.train`` built (same arguments, same seed, fresh weights) on
-    ``device``, and a factory of DataLoaders with its settings and batch sampler."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    args, kwargs = recorded.model_arguments
-    model = training.build_model(*args, **kwargs).to(device)
+    """The model ``maskdla.train.fit(config)`` builds (same function, same seed, fresh
+    weights) on ``device``, and a factory of the DataLoaders it builds (same function,
+    same batch sampler)."""
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    train_set, _ = run_datasets(config)
+    model = build_model_from_config(config, len(train_set.classes) + 1,
+                                    with_pretrained=True).to(device)
+    batches = EpochBatches(train_set, config.batch_size, seed=config.seed)
 
     def loader() -> DataLoader:
-        loader_args, loader_kwargs = recorded.loader_arguments
-        loader_kwargs = dict(loader_kwargs)
-        if recorded.loader_generator_state is not None:
-            generator = torch.Generator()
-            generator.set_state(recorded.loader_generator_state)
-            loader_kwargs["generator"] = generator
-        loader_kwargs["batch_sampler"].start(0)
-        return DataLoader(*loader_args, **loader_kwargs)
+        batches.start(0)
+        return training.build_loader(config, train_set, batches, device)
 
     return model, loader
 
@@ -270,7 +245,7 @@ def _to_device(images: List[torch.Tensor], targets: List[Dict[str, torch.Tensor]
              for target in targets])
 
 
-def run_bare(model: torch.nn.Module, loader: DataLoader, config: training.TrainConfig,
+def run_bare(model: torch.nn.Module, loader: DataLoader, config: TrainConfig,
              device: torch.device, amp: str, warmup: int, steps: int,
              optimizer_options: Optional[Dict[str, Any]] = None) -> LoopResult:
     """The plain torchvision training step over ``warmup + steps + 1`` batches, timed;
@@ -307,7 +282,7 @@ def run_bare(model: torch.nn.Module, loader: DataLoader, config: training.TrainC
 PHASES = ("data wait", "host-to-device copy", "forward", "backward", "optimizer")
 
 
-def run_instrumented(model: torch.nn.Module, loader: DataLoader, config: training.TrainConfig,
+def run_instrumented(model: torch.nn.Module, loader: DataLoader, config: TrainConfig,
                      device: torch.device, amp: str, warmup: int, steps: int) -> Dict[str, float]:
     """Median seconds of each of :data:`PHASES` over ``steps`` steps after ``warmup``,
     the step of ``maskdla.train.train_step`` cut into phases (synchronised on CUDA)."""
@@ -383,7 +358,7 @@ def _release() -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.workers < 0:
         raise InputError(f"--workers must be 0 or more, got {args.workers}")
-    training.TrainConfig(backbone=args.backbone).validate()
+    TrainConfig(backbone=args.backbone).validate()
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -402,8 +377,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         corpus = generate_corpus(Path(temporary) / "corpus", pages=pages + 1, train=pages,
                                  seed=0, width=page_width)
 
-        def config(repeat: int) -> training.TrainConfig:
-            return training.TrainConfig(
+        def config(repeat: int) -> TrainConfig:
+            return TrainConfig(
                 backbone=args.backbone, data=str(corpus), epochs=2, batch_size=args.batch_size,
                 min_size=[short], max_size=long, rois_per_image=args.rois_per_image, amp=amp,
                 workers=args.workers, seed=0, out=str(Path(temporary) / f"run{repeat}"),
@@ -412,16 +387,15 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         results: Dict[str, List[LoopResult]] = {"ours": [], "bare": []}
         if args.variant != "none":
             results[args.variant] = []
-        recorded = None
         for repeat in range(args.repeats):
             order = list(results) if repeat % 2 == 0 else list(reversed(results))
             for loop in order:
                 print(f"repeat {repeat + 1}/{args.repeats}: {loop} ...", flush=True)
                 if loop == "ours":
-                    result, recorded = run_ours(config(repeat), device, args.warmup, args.steps)
-                else:  # repeat 0 runs ours first: the setup is recorded
+                    result = run_ours(config(repeat), device, args.warmup, args.steps)
+                else:
                     variant = VARIANTS[loop if loop != "bare" else "none"]
-                    model, loader = rebuild(recorded, 0, device)
+                    model, loader = rebuild(config(0), device)
                     model = apply_variant(model, variant)
                     with cudnn_benchmark(variant.cudnn_benchmark):
                         result = run_bare(model, loader(), config(repeat), device, amp,
@@ -431,7 +405,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 results[loop].append(result)
                 _release()
         print("instrumented step ...", flush=True)
-        model, loader = rebuild(recorded, 0, device)
+        model, loader = rebuild(config(0), device)
         phases = run_instrumented(model, loader(), config(0), device, amp, args.warmup, args.steps)
         del model, loader
         _release()

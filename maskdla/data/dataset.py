@@ -244,7 +244,8 @@ def _decode_with_pil(image: Image.Image, target: Tuple[int, int],
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 
-def decode_image(path: Path, width: int, height: int, original: Tuple[int, int]) -> torch.Tensor:
+def decode_image(path: Path, width: int, height: int, original: Tuple[int, int], *,
+                 use_simplejpeg: bool = True) -> torch.Tensor:
     """Image file -> uint8 [3, height, width], decoding no more pixels than needed.
 
     JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still covers the target size (the
@@ -252,7 +253,8 @@ def decode_image(path: Path, width: int, height: int, original: Tuple[int, int])
     formats shrink by an integer factor with ``Image.reduce``; the rest is one antialiased
     bilinear resampling on uint8 (torch's fast kernel; about twice as fast as PIL's on 2
     cores). An EXIF orientation is applied, as the PAGE-XML reader does when it takes the
-    page size from the image.
+    page size from the image. ``use_simplejpeg=False`` decodes JPEG through PIL, as where
+    simplejpeg is not installed.
 
     Raises:
         InputError: missing or unreadable file, or its size differs from ``original``
@@ -269,7 +271,8 @@ def decode_image(path: Path, width: int, height: int, original: Tuple[int, int])
             stored_target = (height, width) if swapped else (width, height)
             pixels = None
             # YCbCr or grey JPEG shown as stored; CMYK (Adobe's inverted kind) goes to PIL
-            if image.format == "JPEG" and image.mode in ("RGB", "L") and transpose is None:
+            if (use_simplejpeg and image.format == "JPEG" and image.mode in ("RGB", "L")
+                    and transpose is None):
                 pixels = _decode_jpeg_direct(path, image.size, stored_target)
             if pixels is None:
                 pixels = _decode_with_pil(image, stored_target, transpose)
@@ -308,6 +311,7 @@ class Dataset(torch.utils.data.Dataset):
         brightness_contrast: random brightness and contrast factors in [1 - x, 1 + x]
             (0 = off; 0.2 is mild).
         source: name of the annotation source for messages (the JSON or the folder).
+        use_simplejpeg: decode JPEG with simplejpeg where installed (False: through PIL).
 
     Attributes:
         classes: class names without background.
@@ -324,7 +328,8 @@ class Dataset(torch.utils.data.Dataset):
                  classes: Optional[Sequence[str]] = None, class_map: Optional[ClassMap] = None,
                  min_size: Union[int, Sequence[int]] = 800, max_size: int = 1333,
                  train: bool = False, cache: bool = False, hflip: bool = False,
-                 brightness_contrast: float = 0.0, source: Optional[PathLike] = None):
+                 brightness_contrast: float = 0.0, source: Optional[PathLike] = None,
+                 use_simplejpeg: bool = True):
         self.image_dir = Path(image_dir)
         source_name = str(source if source is not None else self.image_dir)
         sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
@@ -338,6 +343,7 @@ class Dataset(torch.utils.data.Dataset):
         self.train = train
         self.hflip = hflip
         self.brightness_contrast = brightness_contrast
+        self.use_simplejpeg = use_simplejpeg
         self.repair_report: Optional[RepairReport] = None
         self._cache: Optional[Dict[Tuple[int, int, int], torch.Tensor]] = {} if cache else None
 
@@ -427,7 +433,8 @@ class Dataset(torch.utils.data.Dataset):
         if self._cache is not None and key in self._cache:
             return self._cache[key]
         info = self._images[index]
-        pixels = decode_image(self._paths[index], width, height, (info["width"], info["height"]))
+        pixels = decode_image(self._paths[index], width, height, (info["width"], info["height"]),
+                              use_simplejpeg=self.use_simplejpeg)
         if self._cache is not None:
             self._cache[key] = pixels
         return pixels

@@ -240,6 +240,19 @@ def _draw_capital(draw: ImageDraw.ImageDraw, rng: np.random.Generator,
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=_NEUME_INK)
 
 
+def _row_capital(draw: ImageDraw.ImageDraw, rng: np.random.Generator, row: _Row
+                 ) -> Tuple[float, float, float, float]:
+    """Draw a drop capital at the left end of ``row``, as tall as its staff and lyrics;
+    returns its box (x0, y0, x1, y1)."""
+    cap_top = row.staff_top - _Row.STAFF_MARGIN * row.spacing
+    cap_bottom = row.baseline + _Row.LYRICS_BELOW * row.spacing
+    cap_width = (cap_bottom - cap_top) * rng.uniform(0.65, 0.85)
+    shift = row.dy_at(row.x_start)
+    box = (row.x_start, cap_top + shift, row.x_start + cap_width, cap_bottom + shift)
+    _draw_capital(draw, rng, box)
+    return box
+
+
 def render_page(seed: Union[int, Sequence[int]], width: int = DEFAULT_WIDTH,
                 image_filename: str = "page.jpg", *, rows: Optional[int] = None,
                 capitals: Optional[int] = None) -> Tuple[Image.Image, Page]:
@@ -298,12 +311,7 @@ def render_page(seed: Union[int, Sequence[int]], width: int = DEFAULT_WIDTH,
         row = _Row(x_start, x_end, staff_top, lines, spacing, baseline, skew,
                    bend=rng.uniform(-0.15, 0.15) * spacing)
         if index in capital_rows:
-            cap_top = staff_top - _Row.STAFF_MARGIN * spacing
-            cap_bottom = baseline + _Row.LYRICS_BELOW * spacing
-            cap_width = (cap_bottom - cap_top) * rng.uniform(0.65, 0.85)
-            shift = row.dy_at(left)
-            box = (left, cap_top + shift, left + cap_width, cap_bottom + shift)
-            _draw_capital(draw, rng, box)
+            box = _row_capital(draw, rng, row)
             add("TextRegion", "drop-capital",
                 _integer_points([(box[0], box[1]), (box[2], box[1]), (box[2], box[3]),
                                  (box[0], box[3])], width, height))

@@ -36,12 +36,11 @@ from pycocotools.cocoeval import COCOeval
 
 from maskdla.errors import InputError
 from maskdla.files import read_json
+from maskdla.tables import ap_table
 
 IOU_TYPES = ("bbox", "segm")
 #: metric name -> index in ``COCOeval.stats``
 STAT_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR": 8}
-#: rows of the study's table
-TASK_NAMES = {"bbox": "Bounding Box", "segm": "Segmentation"}
 
 PathType = Union[str, PathLike]
 
@@ -242,13 +241,6 @@ def format_table(metrics: Dict[str, dict]) -> str:
     """The study's Markdown table: rows Bounding Box / Segmentation, AP AP50 AP75 [APs] APm APl.
 
     APs appears only when some row has one (pycocotools gives -1 when the ground truth has
-    no object smaller than 32x32 px); other -1 values print as ``-``.
+    no object smaller than 32x32 px); see :func:`maskdla.tables.ap_table`.
     """
-    columns = ["AP", "AP50", "AP75", "APm", "APl"]
-    if any(figures["APs"] != -1 for figures in metrics.values()):
-        columns.insert(3, "APs")
-    lines = ["| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for iou_type, figures in metrics.items():
-        cells = ["-" if figures[name] == -1 else f"{figures[name]:.2f}" for name in columns]
-        lines.append(f"| {TASK_NAMES[iou_type]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return ap_table(metrics)

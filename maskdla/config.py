@@ -1,0 +1,249 @@
+"""``TrainConfig``: the one typed config of a training run, from the command line (or a
+saved JSON/TOML file) to the checkpoint and back.
+
+The defaults live here and only here; :meth:`TrainConfig.validate` checks every setting
+once, at the edge (the CLI, :meth:`TrainConfig.from_dict`, :func:`maskdla.train.fit`).
+A checkpoint stores :meth:`TrainConfig.to_dict` under ``"config"``; ``from_dict`` also
+reads the configs of older checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from maskdla.backbones import NORMS, default_norm, resolve_name
+from maskdla.errors import InputError
+from maskdla.files import read_json, write_bytes_atomic
+from maskdla.schedule import plan
+
+PathLike = Union[str, "os.PathLike[str]"]  # noqa: F821 (a string annotation)
+
+#: the total batch size the default LR (0.02) was tuned for in the study (450-epoch runs)
+LR_REFERENCE_BATCH = 2
+LOADER_PASSES = ("epoch", "run")
+AMP_MODES = ("off", "fp16", "bf16")
+#: torchvision's (and detectron2's) RPN anchor aspect ratios, height / width
+DEFAULT_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
+#: VoVNet rows that older checkpoints selected with ``vovnet_version: 1``
+_V1_SUFFIX = "v1"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved in every checkpoint and in config.json.
+
+    Field names are the CLI flags with underscores (``--lr-steps`` -> ``lr_steps``).
+    """
+
+    backbone: str = "resnet50"
+    data: Optional[str] = None
+    train_ann: Optional[str] = None
+    train_images: Optional[str] = None
+    test_ann: Optional[str] = None
+    test_images: Optional[str] = None
+    classes: Optional[List[str]] = None
+    class_map: Optional[Dict[str, Optional[str]]] = None
+    epochs: float = 450.0
+    batch_size: int = 2
+    lr: float = 0.02
+    scale_lr: bool = False
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_steps: str = "default"
+    gamma: float = 0.1
+    warmup_iters: int = 1000
+    min_size: List[int] = field(default_factory=lambda: [800])
+    max_size: int = 1333
+    #: None: frozenbn with ``pretrained``, else gn (resolved when the run starts)
+    norm: Optional[str] = None
+    pretrained: Optional[str] = None
+    freeze_at: int = 0
+    #: None: the backbone's own width (256; 128 for vovnet19lite/slim)
+    fpn_channels: Optional[int] = None
+    #: RPN anchor aspect ratios (height / width) at every FPN level
+    anchor_ratios: List[float] = field(default_factory=lambda: list(DEFAULT_ANCHOR_RATIOS))
+    #: RoIs sampled per image for the box head's loss (torchvision/detectron2 default 512);
+    #: fewer make a CPU step several times cheaper
+    rois_per_image: int = 512
+    #: None: bf16 on CUDA cards that support it, else off
+    amp: Optional[str] = None
+    workers: int = 2
+    #: keep decoded, resized training images in each loader worker's memory (decoding is
+    #: most of a page's loading time; costs ~3 MB per page at 800 px per worker)
+    cache_images: bool = False
+    #: "epoch": a new pass over the DataLoader each epoch (its prefetch queue drains at each
+    #: epoch's end); "run": one pass over the rest of the run (see
+    #: maskdla.data.samplers.EpochBatches). On the 2-core CPU "run" halves the data wait but
+    #: is 6 % slower: the workers then load while the main process computes, instead of
+    #: while it waits (docs/benchmarks.md)
+    loader_pass: str = "epoch"
+    seed: int = 0
+    deterministic: bool = False
+    out: Optional[str] = None
+    resume: Optional[str] = None
+    checkpoint_every: float = 5.0
+    eval_every: float = 0.0
+    log_every: int = 20
+    device: Optional[str] = None
+    energy: bool = True
+    energy_interval: float = 1.0
+    price_per_kwh: float = 0.246
+    currency: str = "EUR"
+    synthetic_pages: int = 228
+    synthetic_train: int = 128
+    synthetic_width: int = 1000
+    #: stop, as if interrupted, after this many iterations (time-boxed jobs, tests);
+    #: the run stays resumable. Not part of the schedule.
+    stop_after_iterations: Optional[int] = None
+
+    # ------------------------------------------------------------------ plain data
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON types (lists, dicts, str, numbers, None)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        """From a plain dict (a checkpoint's, config.json's, an experiment file's), validated.
+
+        Unknown keys are an error naming them and the valid fields. Configs of older
+        checkpoints load too: ``vovnet_version: 1`` becomes the backbone's V1 row
+        (``vovnet39`` -> ``vovnet39v1``), and ``None`` for a setting that has a default
+        now (``min_size``, ``max_size``, ``anchor_ratios``) takes that default.
+        """
+        values = _upgrade(dict(values))
+        names = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"unknown training setting(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(names))}")
+        if isinstance(values.get("class_map"), dict):
+            values["class_map"] = {old: new or None for old, new in values["class_map"].items()}
+        return cls(**values).validate()
+
+    @classmethod
+    def load(cls, path: PathLike) -> "TrainConfig":
+        """A config saved as JSON (``.json``) or TOML (``.toml``); InputError naming the
+        file when it cannot be read or holds a bad setting."""
+        path = Path(path)
+        if path.suffix.lower() == ".toml":
+            values = _read_toml(path)
+        else:
+            values = read_json(path, "training config")
+        if not isinstance(values, dict):
+            raise InputError("a training config must be a JSON object / TOML table", path)
+        try:
+            return cls.from_dict(values)
+        except InputError as error:
+            raise InputError(str(error), path) from None
+
+    def save(self, path: PathLike) -> None:
+        """Write the config atomically, as TOML when ``path`` ends in ``.toml``, else JSON."""
+        path = Path(path)
+        if path.suffix.lower() == ".toml":
+            write_bytes_atomic(path, _toml_text(self.to_dict()).encode("utf-8"))
+        else:
+            write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
+
+    # ------------------------------------------------------------------ checks
+
+    def validate(self) -> "TrainConfig":
+        """Check what a flag parser cannot; InputError naming the flag. Returns self."""
+        try:
+            resolve_name(self.backbone)
+        except ValueError as error:
+            raise InputError(f"--backbone: {error}") from None
+        if self.norm is not None and self.norm not in NORMS:
+            raise InputError(f"--norm {self.norm!r}: choose one of {', '.join(NORMS)}")
+        if self.amp is not None and self.amp not in AMP_MODES:
+            raise InputError(f"--amp {self.amp!r}: choose off, fp16 or bf16")
+        if not self.epochs > 0 or not math.isfinite(self.epochs):
+            raise InputError(f"--epochs must be a positive number, got {self.epochs!r}")
+        if self.batch_size < 1 or self.max_size < 1 or not self.min_size or min(self.min_size) < 1:
+            raise InputError("--batch-size, --min-size and --max-size must be positive")
+        if not self.anchor_ratios or min(self.anchor_ratios) <= 0:
+            raise InputError(f"--anchor-ratios must be positive, got {self.anchor_ratios!r}")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be positive, got {self.lr!r}")
+        if self.data and (self.train_ann or self.test_ann):
+            raise InputError("give either --data or --train-ann/--test-ann, not both")
+        if bool(self.train_ann) != bool(self.test_ann):
+            raise InputError("--train-ann and --test-ann go together")
+        if self.loader_pass not in LOADER_PASSES:
+            raise InputError(f"--loader-pass {self.loader_pass!r}: choose one of "
+                             f"{', '.join(LOADER_PASSES)}")
+        if not 0 <= self.freeze_at <= 5:
+            raise InputError(f"--freeze-at must be between 0 and 5, got {self.freeze_at}")
+        if self.workers < 0 or self.warmup_iters < 0:
+            raise InputError("--workers and --warmup-iters must be 0 or more")
+        try:
+            plan(self.epochs, 1, 1, 1, self.lr_steps)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        return self
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/{resolve_name(self.backbone)}-{self.epochs:g}ep")
+
+    @property
+    def resolved_norm(self) -> str:
+        """``norm``, or its default: frozenbn with ``pretrained``, else gn."""
+        return self.norm or default_norm(self.pretrained)
+
+    @property
+    def test_min_size(self) -> int:
+        """The short side at test time: torchvision tests at the last training min_size."""
+        return self.min_size[-1]
+
+
+def _upgrade(values: Dict[str, Any]) -> Dict[str, Any]:
+    """An older checkpoint's config in today's fields (see :meth:`TrainConfig.from_dict`)."""
+    version = values.pop("vovnet_version", None)
+    if version not in (None, 2):
+        backbone = str(values.get("backbone", TrainConfig.backbone))
+        if version != 1 or not backbone.startswith("vovnet"):
+            raise InputError(f"vovnet_version {version!r} with backbone {backbone!r}: only the "
+                             "VoVNet backbones have a version 1")
+        if not backbone.endswith(_V1_SUFFIX):
+            values["backbone"] = backbone + _V1_SUFFIX
+    for item in dataclasses.fields(TrainConfig):
+        has_default = item.default is not None or item.default_factory is not dataclasses.MISSING
+        if item.name in values and values[item.name] is None and has_default:
+            del values[item.name]
+    return values
+
+
+def _read_toml(path: Path) -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - setup.cfg installs tomli there
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise InputError("training config not found", path) from None
+    except OSError as error:
+        raise InputError(f"cannot read training config: {error.strerror or error}", path) from None
+    except tomllib.TOMLDecodeError as error:
+        raise InputError(f"not valid TOML ({error})", path) from None
+
+
+def _toml_text(values: Dict[str, Any]) -> str:
+    """``values`` as TOML: TOML has no null, so None settings are left out (they take their
+    default when read back); ``class_map`` is a table, a dropped class maps to ""."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()
+             if value is not None and not isinstance(value, dict)]
+    for key, table in values.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]"]
+            lines += [f"{json.dumps(old)} = {json.dumps(new or '')}" for old, new in table.items()]
+    return "\n".join(lines) + "\n"

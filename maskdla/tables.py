@@ -1,0 +1,114 @@
+"""How maskdla writes its figures: the study's AP table, durations, the efficiency row and
+Markdown tables, for the eval CLI, the training summary and ``maskdla.report`` alike.
+
+One name per task (:data:`TASK_NAMES`), one mark for a missing figure (:data:`MISSING`).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+
+if TYPE_CHECKING:
+    from maskdla.config import TrainConfig
+
+#: metrics.json task key -> the study's name of the task
+TASK_NAMES = {"bbox": "Bounding Box", "segm": "Segmentation"}
+#: a figure that is unknown, or that pycocotools reports as -1 (no objects of that size)
+MISSING = "n/a"
+#: AP columns of the study's tables (APs only where some object is smaller than 32x32 px)
+AP_COLUMNS = ("AP", "AP50", "AP75", "APm", "APl")
+
+
+def format_ap(value: Any) -> str:
+    """An AP figure in percent with two decimals; :data:`MISSING` for None, NaN or -1."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return MISSING
+    return f"{value:.2f}"
+
+
+def format_duration(seconds: float) -> str:
+    """Duration as the study writes it: ``"10 h 48 min"``, ``"57 min"``; under a minute ``"42 s"``.
+
+    Rounded to the nearest minute (to the nearest second under a minute).
+    """
+    if seconds < 59.5:
+        return f"{round(seconds)} s"
+    hours, minutes = divmod(int(round(seconds / 60.0)), 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+
+
+def format_percent(value: Optional[float]) -> str:
+    return MISSING if value is None else f"{value:.1f} %"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (no trailing newline); ``|`` inside a cell is escaped."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+    return "\n".join([line(headers), "|" + "---|" * len(headers), *(line(row) for row in rows)])
+
+
+def ap_columns(metrics: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """:data:`AP_COLUMNS`, with APs inserted when some task has an APs figure."""
+    columns = list(AP_COLUMNS)
+    if any(format_ap(figures.get("APs")) != MISSING for figures in metrics.values()):
+        columns.insert(3, "APs")
+    return columns
+
+
+def ap_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """The study's Markdown table of one evaluation: rows Bounding Box / Segmentation,
+    columns AP AP50 AP75 [APs] APm APl (``metrics``: metrics.json's ``bbox``/``segm``)."""
+    columns = ap_columns(metrics)
+    rows = [[TASK_NAMES.get(task, task), *(format_ap(figures.get(name)) for name in columns)]
+            for task, figures in metrics.items() if task in TASK_NAMES]
+    return markdown_table(["task", *columns], rows)
+
+
+def efficiency_row(summary: Dict[str, Any]) -> Dict[str, str]:
+    """The study's efficiency columns for one run, as Markdown-ready strings.
+
+    Args:
+        summary: from :meth:`maskdla.energy.EnergyMeter.summary` or
+            :func:`maskdla.energy.merge_node_summaries`, with ``duration_s``.
+
+    Returns:
+        ``{"Training Time": "1 h 54 min", "Mem GPU1": "3,247 MiB", "Mem GPU2": ..., "kWh":
+        "0.684", "Cost": "0.168 EUR"}`` in that order: one ``Mem GPU<i>`` per GPU (peak memory
+        used, as nvidia-smi shows it), none without GPUs; :data:`MISSING` for what was not
+        measured. kWh and cost are the run's total (GPUs plus CPU packages where RAPL was
+        readable).
+    """
+    row = {"Training Time": format_duration(summary["duration_s"])}
+    for number, gpu in enumerate(summary.get("gpus", []), start=1):
+        peak = gpu.get("peak_memory_mib")
+        row[f"Mem GPU{number}"] = MISSING if peak is None else f"{round(peak):,} MiB"
+    energy = summary.get("energy_kwh")
+    money = summary.get("cost")
+    row["kWh"] = MISSING if energy is None else f"{energy:.3f}"
+    row["Cost"] = MISSING if money is None else f"{money:.3f} {summary.get('currency', '')}".rstrip()
+    return row
+
+
+def summary_markdown(config: "TrainConfig", summary: Dict[str, Any]) -> str:
+    """A run's summary.md: the run's settings, its efficiency row (the study's columns) and
+    the AP table of its test evaluation (``summary``: summary.json's contents)."""
+    lines = [f"# Run {config.run_dir.name}", "",
+             f"- backbone: {config.backbone}, epochs: {config.epochs:g}, batch: "
+             f"{config.batch_size} x {summary['world_size']} processes, train images: "
+             f"{summary['train_size']}, iterations: {summary['iterations']}",
+             f"- training time: {format_duration(summary['training_time_s'])}, "
+             f"{summary['images_per_s']:.2f} images/s", ""]
+    energy = summary.get("energy")
+    if energy:
+        row = efficiency_row(dict(energy, duration_s=summary["training_time_s"]))
+        lines += [markdown_table(list(row), [list(row.values())]), ""]
+        lines.append(f"- energy method: {energy['method']}"
+                     + (f" ({energy['nodes'][0].get('gpu_unavailable_reason')})"
+                        if energy["method"] == "unavailable" and energy.get("nodes") else ""))
+        rss = energy.get("nodes", [{}])[0].get("process_peak_rss_mib")
+        if rss:
+            lines.append(f"- peak process memory (RSS): {rss:,.0f} MiB")
+        lines.append("")
+    lines += ["## Evaluation on the test split", "", ap_table(summary["metrics"]), ""]
+    return "\n".join(lines)
