@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from maskdla.backbones import NORMS, default_norm, resolve_name
+from maskdla.backbones.vovnet import V1_ROWS
 from maskdla.errors import InputError
 from maskdla.files import read_json, write_bytes_atomic
 from maskdla.schedule import plan
@@ -29,8 +30,6 @@ LOADER_PASSES = ("epoch", "run")
 AMP_MODES = ("off", "fp16", "bf16")
 #: torchvision's (and detectron2's) RPN anchor aspect ratios, height / width
 DEFAULT_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
-#: VoVNet rows that older checkpoints selected with ``vovnet_version: 1``
-_V1_SUFFIX = "v1"
 
 
 @dataclass
@@ -209,11 +208,10 @@ def _upgrade(values: Dict[str, Any]) -> Dict[str, Any]:
     version = values.pop("vovnet_version", None)
     if version not in (None, 2):
         backbone = str(values.get("backbone", TrainConfig.backbone))
-        if version != 1 or not backbone.startswith("vovnet"):
+        if version != 1 or backbone not in V1_ROWS:
             raise InputError(f"vovnet_version {version!r} with backbone {backbone!r}: only the "
-                             "VoVNet backbones have a version 1")
-        if not backbone.endswith(_V1_SUFFIX):
-            values["backbone"] = backbone + _V1_SUFFIX
+                             f"study's VoVNets ({', '.join(V1_ROWS)}) have a version 1")
+        values["backbone"] = V1_ROWS[backbone]
     for item in dataclasses.fields(TrainConfig):
         has_default = item.default is not None or item.default_factory is not dataclasses.MISSING
         if item.name in values and values[item.name] is None and has_default:

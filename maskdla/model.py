@@ -40,14 +40,14 @@ class PageTransform(GeneralizedRCNNTransform):
 def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = None,
                 norm: Optional[str] = None, min_size: Union[int, Sequence[int]] = 800,
                 max_size: int = 1333, freeze_at: int = 0, fpn_channels: Optional[int] = None,
-                vovnet_version: int = 2, anchor_ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS,
+                anchor_ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS,
                 **maskrcnn_kwargs: Any) -> MaskRCNN:
     """A torchvision ``MaskRCNN`` on backbone ``backbone``.
 
     Args:
         backbone: a name of :data:`maskdla.backbones.BACKBONES` (ValueError otherwise).
         num_classes: classes including the background (3 region classes -> 4).
-        pretrained, norm, freeze_at, fpn_channels, vovnet_version: see
+        pretrained, norm, freeze_at, fpn_channels: see
             :func:`maskdla.backbones.build_backbone`.
         min_size: short side at training (several: one picked per image) and test time
             (the last one).
@@ -69,7 +69,7 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
     fpn = build_backbone(backbone, norm=norm, pretrained=pretrained, freeze_at=freeze_at,
-                         fpn_channels=fpn_channels, vovnet_version=vovnet_version)
+                         fpn_channels=fpn_channels)
     width = fpn.out_channels
     min_sizes: Tuple[int, ...] = (min_size,) if isinstance(min_size, int) else tuple(min_size)
     if width != 256 and "mask_predictor" not in maskrcnn_kwargs:

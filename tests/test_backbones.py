@@ -1,5 +1,6 @@
 """Backbones and build_model: registry, strides and widths, norms, pretrained loading."""
 import urllib.error
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 
 import maskdla
-from maskdla.backbones import BACKBONES, build_backbone, build_body, load_pretrained
+from maskdla.backbones import BACKBONES, V1_ROWS, build_backbone, build_body, load_pretrained
 from maskdla.backbones.resnet import RESNET_CONFIGS
 from maskdla.backbones.vovnet import VOVNET_CONFIGS
 from maskdla.errors import InputError
@@ -57,13 +58,13 @@ def test_every_backbone_gives_strides_4_to_32_with_the_study_widths(name):
         pyramid = backbone(torch.rand(1, 3, height, width))
     expected_widths = (list(spec.config.stage_out_channels) if spec.family == "vovnet"
                        else STUDY_WIDTHS["resnet"])
-    if name != "vovnet19slim":
+    if not name.startswith("vovnet19slim"):
         assert expected_widths == STUDY_WIDTHS[spec.family]
     assert [stages[key].shape[1] for key in "0123"] == expected_widths
     for key, stride in zip("0123", (4, 8, 16, 32)):
         assert tuple(stages[key].shape[-2:]) == (height // stride, width // stride)
     assert list(pyramid) == ["0", "1", "2", "3", "pool"]
-    fpn_width = 128 if name in ("vovnet19lite", "vovnet19slim") else 256
+    fpn_width = 128 if name.startswith(("vovnet19lite", "vovnet19slim")) else 256
     assert backbone.out_channels == fpn_width
     assert all(level.shape[1] == fpn_width for level in pyramid.values())
     assert pyramid["pool"].shape[-1] == (width // 64 + (width % 64 > 0))
@@ -87,15 +88,45 @@ def test_unknown_backbone_lists_the_valid_names():
         maskdla.build_model("resnet18", num_classes=4)
 
 
-def test_vovnet_v1_switch_removes_ese_and_identity():
-    v2 = build_body("vovnet39")
-    v1 = build_body("vovnet39", vovnet_version=1)
-    osa_v2 = [m for m in v2.modules() if type(m).__name__ == "OSAModule"]
-    osa_v1 = [m for m in v1.modules() if type(m).__name__ == "OSAModule"]
+def _osa_modules(name):
+    return [m for m in build_body(name).modules() if type(m).__name__ == "OSAModule"]
+
+
+def test_vovnet_v1_rows_have_no_ese_and_no_identity():
+    osa_v2, osa_v1 = _osa_modules("vovnet39"), _osa_modules("vovnet39v1")
     assert [m.identity for m in osa_v2] == [False, False, False, True, False, True]
     assert not any(m.identity for m in osa_v1)
     assert all(type(m.ese).__name__ == "EffectiveSqueezeExcitation" for m in osa_v2)
     assert all(isinstance(m.ese, nn.Identity) for m in osa_v1)
+    # every study row has its V1 row, and that row differs from it only there
+    for name, v1_name in V1_ROWS.items():
+        assert VOVNET_CONFIGS[v1_name] == replace(VOVNET_CONFIGS[name], identity=False, ese="none",
+                                                  published_weights=None)
+
+
+def test_timm_rows_put_ese_on_the_last_module_of_each_stage_only():
+    osa = _osa_modules("ese_vovnet57b")  # modules per stage 1, 1, 4, 3
+    has_ese = [type(m.ese).__name__ == "EffectiveSqueezeExcitation" for m in osa]
+    assert has_ese == [True, True, False, False, False, True, False, False, True]
+    assert [m.identity for m in osa] == [False, False, False, True, True, True, False, True, True]
+    depthwise = _osa_modules("ese_vovnet19b_dw")
+    assert all(m.layers[0][0].groups == m.layers[0][0].in_channels for m in depthwise)
+    assert [m.reduction is not None for m in depthwise] == [True, True, True, True]
+
+
+def test_one_conv_norm_act_helper_builds_both_families():
+    import inspect
+
+    import maskdla.backbones.resnet as resnet
+    import maskdla.backbones.vovnet as vovnet
+    from maskdla.backbones import layers
+    for family in (resnet, vovnet):
+        assert family.conv_norm_act is layers.conv_norm_act
+        assert not [name for name, function in inspect.getmembers(family, inspect.isfunction)
+                    if "conv_norm" in name and function is not layers.conv_norm_act]
+    # unpacked into the deep stem, it keeps the flat numbering of saved resnet50b/c models
+    deep = build_body("resnet50b").stem.deep
+    assert [type(m).__name__ for m in deep] == ["Conv2d", "GroupNorm", "ReLU"] * 3
 
 
 def test_freeze_at_freezes_leading_stages():
@@ -138,18 +169,33 @@ def test_pretrained_errors_are_clear(tmp_path, monkeypatch):
         build_backbone("resnet50", pretrained=str(broken))
     deeper = tmp_path / "resnet50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), deeper)
-    report = load_pretrained(build_body("resnet31"), "resnet31", str(deeper))
-    assert report["missing"] == [] and "layer1.2.conv1.weight" in report["unexpected"]
+    with pytest.raises(InputError, match="resnet50.pth: these are weights for backbone resnet50a, "
+                                         "not resnet31: first mismatched tensor layer1.2.conv1.weight"):
+        load_pretrained(build_body("resnet31"), "resnet31", str(deeper))
+    partial = tmp_path / "partial.pth"  # a file of no registered backbone: loads, and says what is missing
+    torch.save({key: value for key, value in build_body("resnet31").state_dict().items()
+                if not key.startswith("layer4.")}, partial)
+    report = load_pretrained(build_body("resnet31"), "resnet31", str(partial))
+    assert report["unexpected"] == [] and "layer4.0.conv1.weight" in report["missing"]
     other_family = tmp_path / "vovnet.pth"
     torch.save(build_body("vovnet19slim").state_dict(), other_family)
-    with pytest.raises(InputError, match="vovnet.pth: none of the .* tensors .* resnet31 body"):
+    with pytest.raises(InputError, match="vovnet.pth: these are weights for backbone vovnet19slim, "
+                                         "not resnet31"):
         build_backbone("resnet31", pretrained=str(other_family))
+    stranger = tmp_path / "stranger.pth"
+    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3)}, stranger)
+    with pytest.raises(InputError, match="stranger.pth: none of the 1 tensors .* resnet31 body"):
+        build_backbone("resnet31", pretrained=str(stranger))
     wide = tmp_path / "wide.pth"
     torch.save({"stem.conv1.weight": torch.zeros(32, 3, 7, 7)}, wide)
     with pytest.raises(InputError, match="shape mismatch .* stem.conv1.weight"):
         build_backbone("resnet31", pretrained=str(wide))
-    with pytest.raises(InputError, match="no ImageNet weights are published for backbone vovnet39"):
+    with pytest.raises(InputError, match="ImageNet weights for backbone vovnet39 are published at "
+                                         r"https://\S+/vovnet39_ese_detectron2.pth: fetch that file "
+                                         "and pass --pretrained PATH"):
         build_backbone("vovnet39", pretrained="imagenet")
+    with pytest.raises(InputError, match="no ImageNet weights are published for backbone vovnet39v1"):
+        build_backbone("vovnet39v1", pretrained="imagenet")
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")

@@ -1,37 +1,47 @@
-"""Backbones: the study's ResNet and VoVNet variants behind one registry.
+"""Backbones: the study's ResNet and VoVNet variants (and timm's VoVNets) behind one registry.
 
 ``build_backbone(name)`` returns a torchvision ``BackboneWithFPN`` whose ``.body`` yields
-stages 2-5 (strides 4, 8, 16, 32) and whose FPN adds a max-pooled fifth level.
+stages 2-5 (strides 4, 8, 16, 32) and whose FPN adds a max-pooled fifth level. A variant
+is a row of its family's table (:data:`RESNET_CONFIGS`, :data:`VOVNET_CONFIGS`); the
+spec holds the family's builder.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from maskdla.backbones.norm import NORMS, default_norm, freeze_batchnorm, norm_factory
+from maskdla.backbones.body import StagedBody
+from maskdla.backbones.norm import NORMS, NormFactory, default_norm, freeze_batchnorm, norm_factory
 from maskdla.backbones.resnet import RESNET_CONFIGS, ResNetConfig, build_resnet_body
-from maskdla.backbones.vovnet import VOVNET_CONFIGS, VoVNetConfig, build_vovnet_body
+from maskdla.backbones.vovnet import V1_ROWS, VOVNET_CONFIGS, VoVNetConfig, build_vovnet_body
 from maskdla.errors import InputError
 
-__all__ = ["BACKBONES", "ALIASES", "NORMS", "BackboneSpec", "build_backbone", "build_body",
-           "load_pretrained", "resolve_name"]
+__all__ = ["BACKBONES", "ALIASES", "NORMS", "V1_ROWS", "BackboneSpec", "build_backbone",
+           "build_body", "identify_backbone", "load_pretrained", "read_weights", "resolve_name"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registered backbone: its family and its row of the family's table."""
+    """A registered backbone: its row of a family's table and the family's builder."""
 
-    family: str  # "resnet" or "vovnet"
+    family: str  # the table it is a row of: "resnet" or "vovnet"
     config: Union[ResNetConfig, VoVNetConfig]
+    builder: Callable[[Any, NormFactory], StagedBody]
+
+    def build_body(self, norm: NormFactory) -> StagedBody:
+        """The body of this row, randomly initialised, with norms made by ``norm``."""
+        return self.builder(self.config, norm)
 
     @property
     def default_fpn_channels(self) -> int:
@@ -43,8 +53,8 @@ ALIASES: Dict[str, str] = {"resnet50": "resnet50a"}
 
 #: name -> spec, aliases included (``resnet50`` is ``resnet50a``)
 BACKBONES: Dict[str, BackboneSpec] = {
-    **{name: BackboneSpec("resnet", config) for name, config in RESNET_CONFIGS.items()},
-    **{name: BackboneSpec("vovnet", config) for name, config in VOVNET_CONFIGS.items()},
+    **{name: BackboneSpec("resnet", config, build_resnet_body) for name, config in RESNET_CONFIGS.items()},
+    **{name: BackboneSpec("vovnet", config, build_vovnet_body) for name, config in VOVNET_CONFIGS.items()},
 }
 BACKBONES.update({alias: BACKBONES[target] for alias, target in ALIASES.items()})
 
@@ -57,31 +67,23 @@ def resolve_name(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def build_body(name: str, norm: str = "gn", vovnet_version: int = 2) -> nn.Module:
+def build_body(name: str, norm: str = "gn") -> StagedBody:
     """The bare body (no FPN) of backbone ``name``, randomly initialised."""
-    spec = BACKBONES[resolve_name(name)]
-    factory = norm_factory(norm)
-    if spec.family == "resnet":
-        if vovnet_version != 2:
-            raise ValueError("vovnet_version applies to VoVNet backbones only")
-        return build_resnet_body(spec.config, factory)
-    return build_vovnet_body(spec.config, factory, vovnet_version)
+    return BACKBONES[resolve_name(name)].build_body(norm_factory(norm))
 
 
 def build_backbone(name: str, *, norm: Optional[str] = None, pretrained: Optional[str] = None,
-                   freeze_at: int = 0, fpn_channels: Optional[int] = None,
-                   vovnet_version: int = 2) -> BackboneWithFPN:
+                   freeze_at: int = 0, fpn_channels: Optional[int] = None) -> BackboneWithFPN:
     """Backbone ``name`` with an FPN on stages 2-5, ready for torchvision's MaskRCNN.
 
     Args:
         name: a key of :data:`BACKBONES`.
         norm: one of :data:`NORMS`; default frozen BN with ``pretrained``, else GroupNorm.
-        pretrained: path of a state dict for the body, or ``"imagenet"`` (torchvision's
-            download, resnet50/resnet101 only).
+        pretrained: path of a weights file for the body (see :func:`load_pretrained`), or
+            ``"imagenet"`` (torchvision's download, resnet50/resnet101 only).
         freeze_at: number of leading stages frozen, the stem counting as 1 (detectron2's
             FREEZE_AT; 0 trains everything, 5 freezes the whole body).
         fpn_channels: FPN width; default 256, 128 for the Lite/slim VoVNets.
-        vovnet_version: 2 (eSE + identity shortcuts, default) or 1 (plain OSA).
 
     Returns:
         ``BackboneWithFPN``: input ``[B, 3, H, W]``; output an OrderedDict of FPN maps
@@ -93,7 +95,7 @@ def build_backbone(name: str, *, norm: Optional[str] = None, pretrained: Optiona
         raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
     if not 0 <= freeze_at <= 5:
         raise ValueError(f"freeze_at must be between 0 and 5 (stem + 4 stages), got {freeze_at}")
-    body = build_body(name, norm, vovnet_version)
+    body = build_body(name, norm)
     if pretrained:
         load_pretrained(body, name, pretrained)
     stages = ["stem", *body.stage_names]
@@ -112,51 +114,164 @@ def build_backbone(name: str, *, norm: Optional[str] = None, pretrained: Optiona
 
 
 def load_pretrained(body: nn.Module, name: str, pretrained: str) -> Dict[str, list]:
-    """Load weights into ``body`` from a local state dict file, or ``"imagenet"``.
+    """Load weights into ``body`` (backbone ``name``) from a file (:func:`read_weights`),
+    or ``"imagenet"`` (torchvision's ResNet-50/101 download).
 
-    Accepts a bare state dict or one wrapped under ``"state_dict"``/``"model"``, with or
-    without DDP's ``module.`` prefix; classifier keys are ignored. Logs and returns the
-    missing and unexpected keys. Files are loaded with ``weights_only=True``.
+    The body's :meth:`remap_state_dict` maps the layouts it knows (torchvision's ResNet;
+    the VoVNet detectron2 project's and timm's VoVNets) to ours; classifier keys are
+    ignored, as is ``num_batches_tracked``. Returns (and logs) the missing and unexpected
+    keys. Raises InputError naming the file when a tensor has another shape, when no
+    tensor belongs to the body, or when the file is the body of another registered
+    backbone -- naming that backbone and the first tensor that differs.
     """
     if pretrained == "imagenet":
         state_dict = _download_imagenet(name)
         source = f"torchvision ImageNet weights for {name}"
     else:
-        if not os.path.isfile(pretrained):
-            raise InputError("pretrained weights file not found", pretrained)
-        try:
-            state_dict = torch.load(pretrained, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated file, pickle with code, not a torch file...
-            raise InputError(f"cannot read pretrained weights ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else ''})", pretrained) from None
-        source = pretrained
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
-    if not isinstance(state_dict, dict):
-        raise InputError("pretrained weights file does not hold a state dict", pretrained)
-    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    state_dict = body.remap_state_dict(state_dict)
+        state_dict, source = read_weights(pretrained), pretrained
+    remapped = body.remap_state_dict(state_dict)
     own = body.state_dict()
-    mismatched = [key for key, value in state_dict.items()
-                  if key in own and own[key].shape != value.shape]
+    missing, unexpected, mismatched = _differences(own, remapped)
+    if missing or unexpected or mismatched:
+        owners = identify_backbone(state_dict)
+        if owners and resolve_name(name) not in owners:
+            raise InputError(f"these are weights for backbone {' = '.join(owners)}, not {name}: "
+                             f"{_first_difference(own, remapped, name)}", source)
     if mismatched:
+        key = mismatched[0]
         raise InputError(f"pretrained weights do not fit backbone {name}: shape mismatch for "
-                         f"{len(mismatched)} tensors, e.g. {mismatched[0]} "
-                         f"{tuple(state_dict[mismatched[0]].shape)} vs {tuple(own[mismatched[0]].shape)}",
-                         source)
-    if not any(key in own for key in state_dict):
-        raise InputError(f"none of the {len(state_dict)} tensors in the file belong to a "
-                         f"{name} body (e.g. {next(iter(state_dict), '-')})", source)
-    result = body.load_state_dict(state_dict, strict=False)
-    report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
-    if report["missing"] or report["unexpected"]:
+                         f"{len(mismatched)} tensors, e.g. {key} {tuple(remapped[key].shape)} in "
+                         f"the file vs {tuple(own[key].shape)}", source)
+    if not any(key in own for key in remapped):
+        raise InputError(f"none of the {len(remapped)} tensors in the file belong to a "
+                         f"{name} body (e.g. {next(iter(remapped), '-')})", source)
+    body.load_state_dict(remapped, strict=False)
+    report = {"missing": missing, "unexpected": unexpected}
+    if missing or unexpected:
         logger.warning("%s -> %s: %d missing keys (e.g. %s), %d unexpected keys (e.g. %s)",
-                       source, name, len(report["missing"]), report["missing"][:3],
-                       len(report["unexpected"]), report["unexpected"][:3])
+                       source, name, len(missing), missing[:3], len(unexpected), unexpected[:3])
     else:
         logger.info("loaded %s into %s: all keys matched", source, name)
     return report
+
+
+#: maskdla checkpoint keys (maskdla.checkpoint): a whole trained model, not backbone weights
+_CHECKPOINT_KEYS = ("model", "config", "classes")
+#: prefixes of a backbone body inside a detector's state dict (detectron2's, torchvision's)
+_BODY_PREFIXES = ("backbone.bottom_up.", "backbone.body.")
+
+
+def read_weights(path: str) -> Dict[str, torch.Tensor]:
+    """The tensors of a weights file, as a flat state dict.
+
+    Reads ``torch.save`` files (with ``weights_only=True``) and ``.safetensors`` files; a
+    state dict bare or wrapped under ``"state_dict"``/``"model"`` (detectron2), with or
+    without DDP's ``module.`` prefix. From a detector's state dict (detectron2's
+    ``backbone.bottom_up.*``, torchvision's ``backbone.body.*``) only the body is kept.
+    A maskdla checkpoint is refused with the flags that take one.
+    """
+    if not os.path.isfile(path):
+        raise InputError("pretrained weights file not found", path)
+    if str(path).endswith(".safetensors"):
+        state_dict: Any = _read_safetensors(path)
+    else:
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated file, pickle with code, not a torch file...
+            raise InputError(f"cannot read pretrained weights ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''})", path) from None
+    if isinstance(state_dict, dict) and all(key in state_dict for key in _CHECKPOINT_KEYS):
+        raise InputError("this is a maskdla checkpoint (a trained model), not backbone weights "
+                         "for --pretrained: fine-tune it with --init-from, or continue its run "
+                         "with --resume", path)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    if not isinstance(state_dict, dict) or not any(isinstance(value, torch.Tensor)
+                                                   for value in state_dict.values()):
+        raise InputError("pretrained weights file does not hold a state dict", path)
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()
+                  if isinstance(value, torch.Tensor)}
+    for prefix in _BODY_PREFIXES:
+        if any(key.startswith(prefix) for key in state_dict):
+            return {key[len(prefix):]: value for key, value in state_dict.items()
+                    if key.startswith(prefix)}
+    return state_dict
+
+
+def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise InputError("reading .safetensors weights needs the safetensors package: "
+                         "pip install 'maskdla[safetensors]'", path) from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as error:  # header too large, truncated, not safetensors...
+        raise InputError(f"cannot read pretrained weights ({type(error).__name__}: {error})",
+                         path) from None
+
+
+#: norm buffers: a GroupNorm body has none, so they do not tell two backbones apart
+_NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _is_counter(key: str) -> bool:
+    """BatchNorm's ``num_batches_tracked``: a step counter, no weight, absent from frozen BN."""
+    return key.endswith("num_batches_tracked")
+
+
+def _differences(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]
+                 ) -> Tuple[List[str], List[str], List[str]]:
+    """(missing, unexpected, mismatched) keys of ``theirs`` against ``own``, in ``own``'s
+    order for missing and mismatched; BatchNorm step counters ignored."""
+    missing = [key for key in own if key not in theirs and not _is_counter(key)]
+    unexpected = [key for key in theirs if key not in own and not _is_counter(key)]
+    mismatched = [key for key in own if key in theirs and own[key].shape != theirs[key].shape]
+    return missing, unexpected, mismatched
+
+
+def _first_difference(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor],
+                      name: str) -> str:
+    """The first tensor (in the body's order) that keeps ``theirs`` from fitting ``own``;
+    norm buffers aside (a GroupNorm body has none)."""
+    for key, value in own.items():
+        if key.endswith(_NORM_BUFFERS):
+            continue
+        if key not in theirs:
+            return f"first mismatched tensor {key} {tuple(value.shape)} of {name} is not in the file"
+        if theirs[key].shape != value.shape:
+            return (f"first mismatched tensor {key}: {tuple(theirs[key].shape)} in the file, "
+                    f"{tuple(value.shape)} in {name}")
+    key = next(key for key in theirs if key not in own and not key.endswith(_NORM_BUFFERS))
+    return f"first mismatched tensor {key} {tuple(theirs[key].shape)} in the file has no place in {name}"
+
+
+def _signature(tensors: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in tensors.items()
+            if not key.endswith(_NORM_BUFFERS)}
+
+
+@functools.lru_cache(maxsize=None)
+def _body_signature(name: str) -> Tuple[Callable, Dict[str, Tuple[int, ...]]]:
+    """(remap function, tensor names and shapes) of backbone ``name``'s body, built on the
+    meta device (no weights allocated)."""
+    with torch.device("meta"):
+        body = BACKBONES[name].build_body(FrozenBatchNorm2d)
+    return body.remap_state_dict, _signature(body.state_dict())
+
+
+def identify_backbone(state_dict: Mapping[str, torch.Tensor]) -> List[str]:
+    """Registered backbones (aliases excluded) whose body ``state_dict`` fits exactly: the
+    same tensor names and shapes after each family's remapping, norm buffers aside."""
+    owners = []
+    for name in BACKBONES:
+        if name in ALIASES:
+            continue
+        remap, signature = _body_signature(name)
+        if _signature(remap(dict(state_dict))) == signature:
+            owners.append(name)
+    return owners
 
 
 def _download_imagenet(name: str) -> Dict[str, torch.Tensor]:
@@ -166,6 +281,11 @@ def _download_imagenet(name: str) -> Dict[str, torch.Tensor]:
     spec = BACKBONES[resolve_name(name)]
     torchvision_name = getattr(spec.config, "torchvision_name", None)
     if torchvision_name is None:
+        published = getattr(spec.config, "published_weights", None)
+        if published:
+            raise InputError(f"maskdla downloads torchvision's ResNet weights only; ImageNet "
+                             f"weights for backbone {name} are published at {published}: fetch "
+                             "that file and pass --pretrained PATH")
         raise InputError(f"no ImageNet weights are published for backbone {name}; pass "
                          "--pretrained PATH with a state dict of your own")
     weights = torchvision.models.get_model_weights(torchvision_name).IMAGENET1K_V1

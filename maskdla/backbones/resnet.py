@@ -7,13 +7,14 @@ so the ``original``-stem variants load torchvision's ImageNet state dicts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from maskdla.backbones.body import StagedBody
+from maskdla.backbones.layers import conv_norm_act
 from maskdla.backbones.norm import NormFactory
 
 #: bottleneck width (planes) of stages 2-5; each block outputs 4x this.
@@ -48,15 +49,6 @@ RESNET_CONFIGS: Dict[str, ResNetConfig] = {
 }
 
 
-def _conv_norm_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                    norm: NormFactory) -> List[nn.Module]:
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
-        norm(out_channels),
-        nn.ReLU(inplace=True),
-    ]
-
-
 class ResNetStem(nn.Module):
     """Stride-4 stem: ``[B, 3, H, W] -> [B, 64, H/4, W/4]``.
 
@@ -73,10 +65,11 @@ class ResNetStem(nn.Module):
             self.conv1 = nn.Conv2d(3, STEM_CHANNELS, 7, 2, 3, bias=False)
             self.bn1 = norm(STEM_CHANNELS)
         if kind in ("deep", "dual"):
+            # unpacked: the deep path's keys stay deep.0 ... deep.8 as in saved models
             self.deep = nn.Sequential(
-                *_conv_norm_relu(3, STEM_CHANNELS, 3, 2, norm),
-                *_conv_norm_relu(STEM_CHANNELS, STEM_CHANNELS, 3, 1, norm),
-                *_conv_norm_relu(STEM_CHANNELS, STEM_CHANNELS, 3, 1, norm),
+                *conv_norm_act(3, STEM_CHANNELS, norm, stride=2),
+                *conv_norm_act(STEM_CHANNELS, STEM_CHANNELS, norm),
+                *conv_norm_act(STEM_CHANNELS, STEM_CHANNELS, norm),
             )
         # The original ResNet max-pools; the deep-stem variants (ResNet-C/D "bag of
         # tricks" style) average-pool, as the study describes them.
