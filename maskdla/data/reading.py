@@ -255,8 +255,8 @@ def clean_polygon(points: Sequence[Point], width: int, height: int
     clipped = shape is not None and not page.covers(shape)
     if clipped:
         shape = _largest_polygon(shape.intersection(page))
-    if shape is None or shape.area <= 0:
-        return None, repaired, clipped
+    if shape is None or shape.area <= 0:  # nothing usable: skipped, not repaired
+        return None, False, clipped
     if not (repaired or clipped):
         return list(points), False, False
     return [(float(x), float(y)) for x, y in shape.exterior.coords[:-1]], repaired, clipped
