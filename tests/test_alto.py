@@ -3,7 +3,6 @@ schema), round trips with PAGE, one reader for both formats, and a few real page
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path

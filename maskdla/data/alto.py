@@ -22,9 +22,8 @@ from xml.etree import ElementTree as ET
 from maskdla.data.page import Page, Point, Region, TextLine
 from maskdla.data.pagexml import _xml_ids
 from maskdla.data.reading import (ALTO_BLOCK_ELEMENTS, ALTO_DEFAULT_ELEMENTS, ClassMap, PathLike,
-                                  RepairReport, accept_region, check_elements, check_page_size,
-                                  children, find_image, finite_points, image_header, map_label,
-                                  read_xml)
+                                  RepairReport, admit_region, check_page_size, children,
+                                  find_image, finite_points, image_header, read_document)
 from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
 
@@ -184,11 +183,7 @@ def read_alto(path: PathLike, elements: Optional[Sequence[str]] = None,
             inch1200 without the image's resolution, or a page size that cannot be known.
     """
     report = report if report is not None else RepairReport()
-    check_elements(elements)
-    root, namespace = read_xml(path)
-    if root.tag != "alto" or not (namespace == "" or _ALTO_NAMESPACE.match(namespace)):
-        raise InputError(f"not an ALTO file (root element {root.tag!r} in namespace "
-                         f"{namespace!r})", path)
+    root = read_document(path, elements, "alto", _ALTO_NAMESPACE, "an ALTO")
     page_element = next((p for layout in children(root, "Layout")
                          for p in children(layout, "Page")), None)
     if page_element is None:
@@ -209,20 +204,12 @@ def read_alto(path: PathLike, elements: Optional[Sequence[str]] = None,
             continue
         region_id = element.get("ID") or f"region_{number}"
         label, score = _label_and_score(element, tags)
-        label = map_label(label, class_map, fold_subtypes)
-        if not label:
-            report.dropped += 1
+        admitted = admit_region(label, lambda: _outline(element, units), region_id,
+                                (width, height), report, path, class_map, fold_subtypes)
+        if admitted is None:
             continue
-        try:
-            points: Optional[List[Point]] = _outline(element, units)
-        except ValueError:
-            points = None
-        polygon = accept_region(points, region_id, width, height, report, path)
-        if polygon is None:
-            continue
-        report.classes[label] += 1
-        page.regions.append(Region(id=region_id, kind=element.tag, label=label,
-                                   polygon=polygon, score=score))
+        page.regions.append(Region(id=region_id, kind=element.tag, label=admitted[0],
+                                   polygon=admitted[1], score=score))
         page.lines.extend(_text_lines(element, region_id, units, path, report))
     _apply_reading_order(page, _reading_order(root))
     return page

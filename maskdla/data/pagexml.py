@@ -17,10 +17,10 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 from xml.etree import ElementTree as ET
 
 from maskdla.data.page import Page, Point, Region, TextLine
-from maskdla.data.reading import (ClassMap, PathLike, RepairReport, accept_region, check_elements,
+from maskdla.data.reading import (ClassMap, PathLike, RepairReport, admit_region,
                                   check_page_size, children, clean_polygon, find_image,
-                                  finite_points, image_candidates, map_label, parse_class_map,
-                                  positive_int, read_xml)
+                                  finite_points, image_candidates, parse_class_map, positive_int,
+                                  read_document)
 from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
 
@@ -144,19 +144,14 @@ def read_page(path: PathLike, elements: Optional[Sequence[str]] = None,
         InputError: unreadable or non-PAGE XML, a DTD, or a page size that cannot be known.
     """
     report = report if report is not None else RepairReport()
-    check_elements(elements)
-    root, namespace = read_xml(path)
-    if root.tag != "PcGts" or not (namespace == "" or _PAGE_NAMESPACE.match(namespace)):
-        raise InputError(f"not a PAGE-XML file (root element {root.tag!r} in namespace "
-                         f"{namespace!r})", path)
+    root = read_document(path, elements, "PcGts", _PAGE_NAMESPACE, "a PAGE-XML")
     page_element = next(iter(children(root, "Page")), None)
     if page_element is None:
         raise InputError("PAGE-XML without a Page element", path)
     image_name = page_element.get("imageFilename", "")
     width, height = check_page_size(
         (positive_int(page_element.get("imageWidth")), positive_int(page_element.get("imageHeight"))),
-        find_image(path, image_name), image_name, report, path,
-        "imageWidth/imageHeight")
+        find_image(path, image_name), image_name, report, path, "imageWidth/imageHeight")
     page = Page(image_filename=image_name, width=width, height=height)
     report.pages += 1
     for number, element in enumerate(_region_elements(page_element)):
@@ -164,18 +159,13 @@ def read_page(path: PathLike, elements: Optional[Sequence[str]] = None,
             continue
         region_id = element.get("id") or f"region_{number}"
         custom = parse_custom(element.get("custom"))
-        label = map_label(resolve_label(element, custom), class_map, fold_subtypes)
-        if not label:
-            report.dropped += 1
+        admitted = admit_region(
+            resolve_label(element, custom),
+            lambda: parse_points(next(iter(children(element, "Coords")), None)),
+            region_id, (width, height), report, path, class_map, fold_subtypes)
+        if admitted is None:
             continue
-        try:
-            points: Optional[List[Point]] = parse_points(next(iter(children(element, "Coords")), None))
-        except ValueError:
-            points = None
-        polygon = accept_region(points, region_id, width, height, report, path)
-        if polygon is None:
-            continue
-        report.classes[label] += 1
+        label, polygon = admitted
         page.regions.append(Region(id=region_id, kind=element.tag, label=label, polygon=polygon,
                                    score=_score(custom)))
         page.lines.extend(_text_lines(element, region_id, path, report))

@@ -15,7 +15,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Pattern, Sequence,
+                    Tuple, Union)
 from xml.etree import ElementTree as ET
 from xml.parsers import expat
 
@@ -170,6 +171,18 @@ def root_element(path: PathLike) -> Tuple[str, str]:
     raise InputError("not well-formed XML (no root element)", path)
 
 
+def read_document(path: PathLike, elements: Optional[Sequence[str]], root_name: str,
+                  namespaces: Pattern[str], format_name: str) -> ET.Element:
+    """The root of a file of one format, after checking ``elements``: InputError when the
+    root element is not ``root_name`` in no namespace or one ``namespaces`` matches."""
+    check_elements(elements)
+    root, namespace = read_xml(path)
+    if root.tag != root_name or not (namespace == "" or namespaces.match(namespace)):
+        raise InputError(f"not {format_name} file (root element {root.tag!r} in namespace "
+                         f"{namespace!r})", path)
+    return root
+
+
 def children(element: ET.Element, name: str) -> List[ET.Element]:
     return [child for child in element if child.tag == name]
 
@@ -273,11 +286,22 @@ def _largest_polygon(geometry: shapely.Geometry) -> Optional[Polygon]:
     return max(polygons(geometry), key=lambda polygon: polygon.area, default=None)
 
 
-def accept_region(points: Optional[List[Point]], region_id: str, width: int, height: int,
-                  report: RepairReport, path: PathLike) -> Optional[List[Point]]:
-    """The repaired outline of a region, or None when it is unusable; counts and notes
-    what was done in ``report``. ``points`` None means they could not be read."""
-    polygon, repaired, clipped = clean_polygon(points or [], width, height)
+def admit_region(label: str, outline: Callable[[], List[Point]], region_id: str,
+                 size: Tuple[int, int], report: RepairReport, path: PathLike,
+                 class_map: Optional[ClassMap], fold_subtypes: bool
+                 ) -> Optional[Tuple[str, List[Point]]]:
+    """(class, repaired outline) of a region, or None when the class map drops it or its
+    outline is unusable; counts and notes what was done in ``report``. ``outline()``
+    reads the points (ValueError: unreadable)."""
+    label = map_label(label, class_map, fold_subtypes)
+    if not label:
+        report.dropped += 1
+        return None
+    try:
+        points: Optional[List[Point]] = outline()
+    except ValueError:
+        points = None
+    polygon, repaired, clipped = clean_polygon(points or [], *size)
     report.repaired += repaired
     report.clipped += clipped
     if polygon is None:
@@ -286,11 +310,13 @@ def accept_region(points: Optional[List[Point]], region_id: str, width: int, hei
                   "fewer than 3 distinct points" if len(set(points)) < 3 else
                   "no area inside the page")
         report.note(path, f"region {region_id} skipped: {reason}")
-    elif repaired or clipped:
+        return None
+    if repaired or clipped:
         report.note(path, f"region {region_id}: " + " and ".join(
             word for word, done in (("self-intersection repaired", repaired),
                                     ("clipped to the page", clipped)) if done))
-    return polygon
+    report.classes[label] += 1
+    return label, polygon
 
 
 # ------------------------------------------------------------------ image and size
