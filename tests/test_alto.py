@@ -438,3 +438,22 @@ def test_real_pages_as_a_dataset(tmp_path):
     assert set(dataset.classes) <= {"MainZone", "DropCapitalZone"} and len(dataset) == 3
     image, target = dataset[0]
     assert image.shape[0] == 3 and len(target["labels"]) == len(target["masks"]) > 0
+
+
+def test_coco_categories_fold_subtypes_too(tmp_path):
+    coco = {"images": [{"id": 1, "file_name": "f1.png", "width": 200, "height": 100}],
+            "categories": [{"id": 1, "name": "MainZone#1"}, {"id": 2, "name": "MainZone:column"},
+                           {"id": 3, "name": "GraphicZone"}],
+            "annotations": [{"id": i, "image_id": 1, "category_id": i,
+                             "bbox": [10 * i, 10, 20, 20]} for i in (1, 2, 3)]}
+    make_image(tmp_path / "f1.png")
+    dataset = Dataset(coco, tmp_path, fold_subtypes=True, class_map={"*": None, "MainZone": "MainZone"},
+                      min_size=64)
+    assert dataset.classes == ["MainZone"] and dataset[0][1]["labels"].tolist() == [1, 1]
+
+
+def test_public_names():
+    import maskdla.data as data
+
+    assert data.read_layout is read_layout and data.write_alto is write_alto
+    assert data.read_alto is read_alto and data.RepairReport is RepairReport
