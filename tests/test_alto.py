@@ -362,7 +362,15 @@ def test_dataset_over_an_alto_folder(tmp_path, capsys):
     assert dataset.classes == ["DropCapitalZone", "MainZone"] and len(dataset) == 2
     image, target = dataset[0]
     assert image.shape == (3, 64, 128) and target["labels"].tolist() == [2, 1]
-    assert "2 pages, 4 regions" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # nothing repaired: nothing said
+    assert dataset.repair_report.summary().startswith("2 pages, 4 regions")
+    bowtie = (tmp_path / "data" / "train" / "f2.xml").read_text().replace(
+        "10 10 50 10 50 40 10 40", "10 10 50 40 50 10 10 40")
+    (tmp_path / "data" / "train" / "f2.xml").write_text(bowtie)
+    Dataset.from_folder(tmp_path / "data", "train", min_size=64)
+    note, summary = capsys.readouterr().err.splitlines()
+    assert note.endswith("f2.xml: region f2_a: self-intersection repaired")
+    assert summary.startswith(f"maskdla: {tmp_path / 'data' / 'train'}: 2 pages, 4 regions")
     only_main = Dataset.from_folder(tmp_path / "data", "train", class_map={"MainZone": "text",
                                                                           "*": None},
                                     min_size=64, verbosity=0)

@@ -391,9 +391,10 @@ class Dataset(torch.utils.data.Dataset):
 
         ``elements``, ``class_map`` and ``fold_subtypes`` are the readers' options
         (:func:`~maskdla.data.layout.read_layout`); the class list defaults to the sorted
-        class names found. What reading repaired is in :attr:`repair_report`; with
-        ``verbosity`` 1 (default) the first region notes and one summary line go to
-        stderr, 2 prints every note, 0 nothing. Other keyword arguments as for
+        class names found. What reading repaired is in :attr:`repair_report`. With
+        ``verbosity`` 1 (default), when reading repaired or skipped anything, the first
+        region notes and one summary line go to stderr (clean data: nothing); 2 prints
+        every note and the summary always; 0 nothing. Other keyword arguments as for
         :class:`Dataset`.
         """
         folder = Path(root) if split is None else Path(root) / split
@@ -403,7 +404,7 @@ class Dataset(torch.utils.data.Dataset):
                              "the images)", folder)
         coco, report = folder_to_coco(folder, elements=elements, class_map=class_map,
                                       classes=classes, fold_subtypes=fold_subtypes)
-        lines = report.lines(verbosity)
+        lines = report.lines(verbosity) if report.notes or verbosity >= 2 else []
         for line in lines[:-1]:
             print(f"maskdla: {line}", file=sys.stderr)
         if lines:
