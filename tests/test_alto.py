@@ -298,6 +298,14 @@ def test_written_alto_is_valid_alto_4_3(tmp_path):
     assert again == path.read_bytes()
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in PAGE_DATA.glob("*.xml")))
+def test_every_page_fixture_and_an_empty_page_write_valid_alto(tmp_path, name):
+    etree, alto_schema = schema()
+    for page in (read_page(PAGE_DATA / name), Page("empty.png", 10, 10)):
+        document = etree.fromstring(alto_to_xml(page))
+        assert alto_schema.validate(document), (name, alto_schema.error_log)
+
+
 def test_alto_to_page_to_alto_keeps_everything(tmp_path):
     original = sample_page()
     write_alto(original, tmp_path / "a.xml")
