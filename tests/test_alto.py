@@ -203,6 +203,18 @@ def test_mm10_and_inch1200_are_converted_with_the_image_dpi(tmp_path):
     assert flat(page.regions[0].polygon) == pytest.approx([150, 0, 295, 0, 295, 120, 150, 120])
 
 
+def test_a_converted_size_rounded_by_its_writer_is_the_image_size(tmp_path):
+    make_image(tmp_path / "scan.jpg", (2481, 100), dpi=(300, 300))
+    # 2481 px at 300 dpi = 2100.46 mm10, written as 2100 (= 2480.3 px)
+    text = alto_xml(block("0 0 2000 0 2000 80"), unit="mm10", width="2100", height="85",
+                    image="scan.jpg")
+    page = read_alto(write(tmp_path, text))
+    assert (page.width, page.height) == (2481, 100)
+    far = alto_xml(block(), unit="mm10", width="2090", height="85", image="scan.jpg")
+    with pytest.raises(InputError, match="differs from the image"):
+        read_alto(write(tmp_path, far, "far.xml"))
+
+
 def test_units_without_dpi_bad_units_and_missing_images_are_one_line_errors(tmp_path):
     make_image(tmp_path / "img.png")  # no dpi in the file
     cases = [(alto_xml(block(), unit="mm10"), "mm10 needs the image's resolution"),

@@ -30,7 +30,7 @@ from maskdla.files import write_bytes_atomic
 __all__ = ["read_alto", "write_alto", "alto_to_xml", "parse_alto_points"]
 
 ALTO_4_NAMESPACE = "http://www.loc.gov/standards/alto/ns-v4#"
-_ALTO_NAMESPACE = re.compile(r"^https?://www\.loc\.gov/standards/alto(/ns-v\d+#?)?$"
+_ALTO_NAMESPACE = re.compile(r"^https?://www\.loc\.gov/standards/alto(/ns-v\d+#?|/)?$"
                              r"|^http://schema\.ccs-gmbh\.com/ALTO$")
 _XSI = "http://www.w3.org/2001/XMLSchema-instance"
 #: Tag elements whose LABEL names a block's class.
@@ -39,6 +39,9 @@ CLASS_TAGS = ("OtherTag", "LayoutTag")
 SCORE_TAG_TYPE = "score"
 #: ALTO length units per inch; pixel coordinates = value * dpi / units per inch.
 UNITS_PER_INCH = {"mm10": 254.0, "inch1200": 1200.0}
+#: Pixels a page size converted from mm10/inch1200 may differ from the image's (the
+#: writer rounded it in its own unit) and still be taken as the image's size.
+CONVERTED_SIZE_TOLERANCE = 2
 #: ALTO element written for a region of a PAGE kind (other kinds: TextBlock).
 PAGE_KINDS = {"ImageRegion": "Illustration", "GraphicRegion": "Illustration",
               "LineDrawingRegion": "Illustration", "ChartRegion": "Illustration",
@@ -64,32 +67,39 @@ class _Units:
         unit = (next((e.text for d in children(root, "Description")
                       for e in children(d, "MeasurementUnit")), None) or "pixel").strip()
         self.scale = (1.0, 1.0)
+        self.image_size: Optional[Tuple[int, int]] = None
         if unit == "pixel":
             return
         if unit not in UNITS_PER_INCH:
             raise InputError(f"unknown MeasurementUnit {unit!r} (ALTO has pixel, mm10 and "
                              "inch1200)", path)
-        dpi = image_header(image_path)[2] if image_path is not None else None
+        header = image_header(image_path) if image_path is not None else None
+        dpi = header[2] if header is not None else None
         if dpi is None:
             where = "has no resolution (dpi)" if image_path else "was not found"
             raise InputError(f"MeasurementUnit {unit} needs the image's resolution to give "
                              f"pixels, and the image {where}", path)
         self.scale = (dpi[0] / UNITS_PER_INCH[unit], dpi[1] / UNITS_PER_INCH[unit])
+        self.image_size = header[:2]
 
     def points(self, points: List[Point]) -> List[Point]:
         sx, sy = self.scale
         return points if self.scale == (1.0, 1.0) else [(x * sx, y * sy) for x, y in points]
 
     def size(self, page: ET.Element) -> Tuple[Optional[int], Optional[int]]:
-        """Page/@WIDTH, @HEIGHT in pixels (rounded for mm10/inch1200); None where unusable."""
-        values = []
-        for name, scale in (("WIDTH", self.scale[0]), ("HEIGHT", self.scale[1])):
+        """Page/@WIDTH, @HEIGHT in pixels; None where unusable. Converted from mm10 or
+        inch1200 they are rounded, and within :data:`CONVERTED_SIZE_TOLERANCE` pixels of
+        the image's size they are the image's size."""
+        values: List[Optional[int]] = []
+        for axis, name in enumerate(("WIDTH", "HEIGHT")):
             try:
-                value = float(page.get(name, "")) * scale
+                value = float(page.get(name, "")) * self.scale[axis]
             except ValueError:
                 value = 0.0
-            whole = round(value) if scale != 1.0 else value
-            values.append(int(whole) if whole >= 1 and whole == int(whole) else None)
+            if self.image_size is not None:
+                nearby = abs(value - self.image_size[axis]) <= CONVERTED_SIZE_TOLERANCE
+                value = float(self.image_size[axis]) if nearby else float(round(value))
+            values.append(int(value) if value >= 1 and value == int(value) else None)
         return values[0], values[1]
 
 
