@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from maskdla.backbones import NORMS, default_norm, resolve_name
-from maskdla.backbones.vovnet import V1_ROWS
+from maskdla.backbones import NORMS, V1_ROWS, default_norm, resolve_name
 from maskdla.errors import InputError
 from maskdla.files import read_json, write_bytes_atomic
 from maskdla.schedule import plan
@@ -47,6 +46,7 @@ class TrainConfig:
     test_images: Optional[str] = None
     classes: Optional[List[str]] = None
     class_map: Optional[Dict[str, Optional[str]]] = None
+    fold_subtypes: bool = False
     epochs: float = 450.0
     batch_size: int = 2
     lr: float = 0.02

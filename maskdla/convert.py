@@ -1,100 +1,154 @@
-"""Convert ground truth between PAGE-XML and COCO JSON.
+"""Convert ground truth between PAGE-XML, ALTO and COCO JSON.
 
-    python -m maskdla.convert page2coco INPUTS... --out ann.json [--classes A B C]
-        [--elements TextRegion MusicRegion] [--class-map paragraph=text junk=]
-    python -m maskdla.convert coco2page ann.json --out DIR      # writes DIR/page/STEM.xml
+    python -m maskdla.convert to-coco INPUTS... --out ann.json [--classes A B C]
+        [--elements TextRegion TextBlock] [--class-map MainZone#1=MainZone junk=]
+        [--fold-subtypes] [--quiet | --verbose]
+    python -m maskdla.convert to-page INPUTS... --out DIR     # writes DIR/page/STEM.xml
+    python -m maskdla.convert to-alto INPUTS... --out DIR     # writes DIR/alto/STEM.xml
 
-INPUTS are PAGE-XML files or folders (a folder gives its ``page/*.xml``, else its
-``*.xml``). Image file names in the JSON are relative to the JSON file. Bad input exits
-with code 2 and one message, leaving no output file behind.
+INPUTS are PAGE-XML or ALTO files or folders, in any mix (each file's format is decided
+by its root element; a folder gives its ``page/*.xml``, else its ``alto/*.xml``, else its
+``*.xml``); ``to-page`` and ``to-alto`` also take COCO JSON files. ``page2coco`` and
+``coco2page`` are the old names of ``to-coco`` and ``to-page``. Image file names in the
+JSON are relative to the JSON file. Each repaired or skipped region is one line (the
+first 20, all with ``--verbose``), then one summary; ``--quiet`` prints only errors.
+Bad input exits with code 2 and one message, leaving no output file behind.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from maskdla.cli import run_main
+from maskdla.data.alto import alto_to_xml
 from maskdla.data.coco import coco_to_pages, collect_xml, load_coco, pages_to_coco, read_pages
-from maskdla.data.pagexml import PageWarning, RepairReport, parse_class_map, page_to_xml
+from maskdla.data.page import Page
+from maskdla.data.pagexml import page_to_xml
+from maskdla.data.reading import RepairReport, parse_class_map
 from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
 
-#: Region warnings printed one per line; the rest are counted.
-MAX_WARNINGS_SHOWN = 20
+#: command -> (output subfolder, serialiser) of the XML writers
+WRITERS: Dict[str, tuple] = {"to-page": ("page", page_to_xml), "to-alto": ("alto", alto_to_xml)}
+ALIASES = {"page2coco": "to-coco", "coco2page": "to-page"}
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    if args.verbosity > 0:
+        print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m maskdla.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    reading = argparse.ArgumentParser(add_help=False)
+    reading.add_argument("--elements", nargs="+", action="extend", metavar="ELEMENT",
+                         help="region elements to read, e.g. TextRegion MusicRegion TextBlock "
+                              "(default: every PAGE *Region; ALTO TextBlock, Illustration, "
+                              "GraphicalElement)")
+    reading.add_argument("--class-map", nargs="+", action="extend", default=[], metavar="OLD=NEW",
+                         help="rename or merge classes (paragraph=text); OLD= drops OLD; "
+                              "*= drops every class not named")
+    reading.add_argument("--fold-subtypes", action="store_true",
+                         help="fold SegmOnto sub-types (MainZone#1, MainZone:column) to the "
+                              "main type, before --class-map")
+    loudness = reading.add_mutually_exclusive_group()
+    loudness.add_argument("--quiet", "-q", dest="verbosity", action="store_const", const=0,
+                          help="print errors only")
+    loudness.add_argument("--verbose", "-v", dest="verbosity", action="store_const", const=2,
+                          help="print every repaired or skipped region")
+    reading.set_defaults(verbosity=1)
     commands = parser.add_subparsers(dest="command", required=True)
-    to_coco = commands.add_parser("page2coco", help="PAGE-XML files/folders -> one COCO JSON")
+    to_coco = commands.add_parser("to-coco", aliases=["page2coco"], parents=[reading],
+                                  help="PAGE/ALTO files or folders -> one COCO JSON")
     to_coco.add_argument("inputs", nargs="+", metavar="INPUT",
-                         help="PAGE-XML file, or folder holding page/*.xml or *.xml")
+                         help="PAGE-XML or ALTO file, or a folder of them")
     to_coco.add_argument("--out", required=True, type=Path, help="COCO JSON file to write")
     to_coco.add_argument("--classes", nargs="+", action="extend", metavar="CLASS",
                          help="category order (ids 1..C); default: sorted class names")
-    to_coco.add_argument("--elements", nargs="+", action="extend", metavar="ELEMENT",
-                         help="region elements to read, e.g. TextRegion MusicRegion "
-                              "(default: every *Region element)")
-    to_coco.add_argument("--class-map", nargs="+", action="extend", default=[], metavar="OLD=NEW",
-                         help="rename or merge classes (paragraph=text); OLD= drops OLD")
-    to_page = commands.add_parser("coco2page", help="COCO JSON -> DIR/page/STEM.xml")
-    to_page.add_argument("annotations", type=Path, help="COCO JSON file")
-    to_page.add_argument("--out", required=True, type=Path,
-                         help="folder: PAGE files go to OUT/page/<image stem>.xml")
+    for name, (folder, _) in WRITERS.items():
+        aliases = [alias for alias, target in ALIASES.items() if target == name]
+        writer = commands.add_parser(name, aliases=aliases, parents=[reading],
+                                     help=f"PAGE/ALTO/COCO inputs -> DIR/{folder}/STEM.xml")
+        writer.add_argument("inputs", nargs="+", metavar="INPUT",
+                            help="PAGE-XML or ALTO file or folder, or a COCO JSON file")
+        writer.add_argument("--out", required=True, type=Path,
+                            help=f"folder: files go to OUT/{folder}/<image stem>.xml")
     return parser
 
 
-def page2coco(args: argparse.Namespace) -> None:
-    class_map = parse_class_map(args.class_map)
+def _report(args: argparse.Namespace, report: RepairReport) -> None:
+    """The region notes (capped unless --verbose) on stderr, the summary on stdout."""
+    if args.verbosity <= 0:
+        return
+    *notes, summary = report.lines(args.verbosity)
+    for note in notes:
+        print(f"maskdla: {note}", file=sys.stderr)
+    print(summary)
+
+
+def to_coco(args: argparse.Namespace) -> None:
     report = RepairReport()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PageWarning)
-        entries = read_pages(collect_xml(args.inputs), args.out.resolve().parent,
-                             args.elements, class_map, report)
+    entries = read_pages(collect_xml(args.inputs), args.out.resolve().parent, args.elements,
+                         parse_class_map(args.class_map), report, args.fold_subtypes)
     coco = pages_to_coco(entries, args.classes)
     write_bytes_atomic(args.out, json.dumps(coco).encode("utf-8"))
-
-    for warning in caught[:MAX_WARNINGS_SHOWN]:
-        print(f"maskdla: warning: {warning.message}", file=sys.stderr)
-    if len(caught) > MAX_WARNINGS_SHOWN:
-        print(f"maskdla: ... and {len(caught) - MAX_WARNINGS_SHOWN} more warnings",
-              file=sys.stderr)
+    _report(args, report)
     names = {category["id"]: category["name"] for category in coco["categories"]}
-    per_class = Counter(names[a["category_id"]] for a in coco["annotations"])
-    print(f"pages: {report.pages}")
-    print(f"regions: {len(coco['annotations'])} ("
-          + ", ".join(f"{name} {per_class[name]}" for name in names.values()) + ")")
-    print(f"skipped: {report.skipped}, repaired: {report.repaired}, clipped: {report.clipped}, "
-          f"dropped by --class-map: {report.dropped}, size from image: {report.size_from_image}")
     origin = "--classes order" if args.classes else "sorted names; pass --classes to fix them"
-    print(f"category ids ({origin}): "
-          + ", ".join(f"{i}={name}" for i, name in names.items()))
-    print(f"wrote {args.out}")
+    _say(args, f"category ids ({origin}): "
+         + ", ".join(f"{i}={name}" for i, name in names.items()))
+    _say(args, f"wrote {args.out}")
 
 
-def coco2page(args: argparse.Namespace) -> None:
-    coco = load_coco(args.annotations)
-    pages = coco_to_pages(coco)
-    targets: List[Path] = [args.out / "page" / (Path(page.image_filename).stem + ".xml")
-                           for page in pages]
+def _input_pages(args: argparse.Namespace, report: RepairReport) -> List[Page]:
+    """Pages of every input: COCO JSON files through :func:`coco_to_pages`, the rest
+    through the PAGE/ALTO readers with the reading options."""
+    pages: List[Page] = []
+    class_map = parse_class_map(args.class_map)
+    xml_inputs = []
+    for item in map(Path, args.inputs):
+        if item.suffix.lower() == ".json" and item.is_file():
+            pages += coco_to_pages(load_coco(item))
+        else:
+            xml_inputs.append(item)
+    if xml_inputs:
+        entries = read_pages(collect_xml(xml_inputs), Path.cwd(), args.elements, class_map,
+                             report, args.fold_subtypes)
+        pages += [page for page, _ in entries]
+    return pages
+
+
+def to_xml(args: argparse.Namespace) -> None:
+    folder, serialise = WRITERS[args.command]
+    report = RepairReport()
+    pages = _input_pages(args, report)
+    targets = [args.out / folder / (Path(page.image_filename.replace("\\", "/")).stem + ".xml")
+               for page in pages]
     twice = [str(path) for path, count in Counter(targets).items() if count > 1]
     if twice:
-        raise InputError(f"several images share the stem of {twice[0]}", args.annotations)
-    documents = [page_to_xml(page) for page in pages]  # all built before anything is written
+        raise InputError(f"several pages share the image stem of {twice[0]}")
+    documents = [serialise(page) for page in pages]  # all built before anything is written
     for target, document in zip(targets, documents):
         write_bytes_atomic(target, document)
-    print(f"wrote {len(pages)} PAGE-XML files to {args.out / 'page'}")
+    if report.pages:
+        _report(args, report)
+    _say(args, f"wrote {len(pages)} {'PAGE-XML' if folder == 'page' else 'ALTO'} files to "
+         f"{args.out / folder}")
+
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], None]] = {
+    "to-coco": to_coco, "to-page": to_xml, "to-alto": to_xml}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    {"page2coco": page2coco, "coco2page": coco2page}[args.command](args)
+    args.command = ALIASES.get(args.command, args.command)
+    COMMANDS[args.command](args)
     return 0
 
 

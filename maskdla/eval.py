@@ -50,7 +50,7 @@ def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
         return run_dataset(config, args.split, classes=classes)
     min_size, max_size = test_size(config)
     options = {"classes": classes, "class_map": config.class_map,
-               "min_size": min_size, "max_size": max_size}
+               "fold_subtypes": config.fold_subtypes, "min_size": min_size, "max_size": max_size}
     if args.ann:
         return Dataset.from_coco(args.ann, args.images, **options)
     return Dataset.from_folder(args.data, split=args.split, **options)
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a maskdla checkpoint; backbone, classes and image size come from "
                              "its config, and so does the data unless --data or --ann is given")
     parser.add_argument("--data", metavar="DIR",
-                        help="dataset folder (DIR/SPLIT/*.jpg with DIR/SPLIT/page/*.xml)")
+                        help="dataset folder (DIR/SPLIT/*.jpg with PAGE or ALTO in DIR/SPLIT/page/, "
+                             "DIR/SPLIT/alto/ or next to the images)")
     parser.add_argument("--ann", metavar="JSON",
                         help="COCO ground truth: with --images to run a model on its images, "
                              "or with --predictions to score a results file")

@@ -579,14 +579,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", metavar="FILE", help="a saved TrainConfig (.json or .toml); flags given "
         "next to it override its settings")
     data = parser.add_argument_group("data (no --data and no --train-ann: the embedded synthetic corpus)")
-    data.add_argument("--data", help="dataset folder: DATA/train/*.jpg + DATA/train/page/*.xml, same for test/")
+    data.add_argument("--data", help="dataset folder: DATA/train/*.jpg with its PAGE or ALTO "
+                      "files in DATA/train/page/, DATA/train/alto/ or next to the images; "
+                      "same for test/")
     data.add_argument("--train-ann", help="COCO JSON of the training split")
     data.add_argument("--train-images", help="image folder of --train-ann (default: its folder)")
     data.add_argument("--test-ann", help="COCO JSON of the test split")
     data.add_argument("--test-images", help="image folder of --test-ann (default: its folder)")
     data.add_argument("--classes", nargs="+", help="class names in label order (default: sorted names found)")
     data.add_argument("--class-map", nargs="+", default=[], metavar="OLD=NEW",
-                      help="rename or merge classes (paragraph=text); OLD= drops a class")
+                      help="rename or merge classes (paragraph=text); OLD= drops a class, "
+                           "*= drops every class not named")
+    data.add_argument("--fold-subtypes", action="store_true",
+                      help="fold SegmOnto sub-types to their main type (MainZone#1 -> MainZone) "
+                           "before the class map")
     data.add_argument("--synthetic-pages", type=positive_int, default=defaults.synthetic_pages,
                       help="synthetic corpus: pages in all")
     data.add_argument("--synthetic-train", type=positive_int, default=defaults.synthetic_train,

@@ -10,8 +10,8 @@ from PIL import Image
 from shapely.geometry import Polygon
 
 from maskdla.data.page import Page, Region, TextLine
-from maskdla.data.pagexml import (PageWarning, RepairReport, parse_class_map, parse_custom,
-                                  read_page, write_page)
+from maskdla.data.pagexml import (RepairReport, parse_class_map, parse_custom, read_page,
+                                  write_page)
 from maskdla.errors import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -119,18 +119,20 @@ def test_class_map_renames_merges_and_drops():
 
 # ------------------------------------------------------------------- polygon repair
 
-def test_degenerate_polygons_are_skipped_with_a_warning(tmp_path):
+def test_degenerate_polygons_are_skipped_with_a_note(tmp_path, recwarn):
     regions = (region("10,10 50,10 50,10 10,10", "two_points")  # 2 distinct points
                + region("10,10 20,20 30,30", "collinear")  # no area
                + region("1,x 2,3 4,5", "unreadable")
                + region("nan,1 20,3 4,50", "not_finite")
                + region("10,10 50,10 50,50", "good"))
     report = RepairReport()
-    with pytest.warns(PageWarning) as caught:
-        page = read_page(write(tmp_path, page_xml(regions)), report=report)
+    path = write(tmp_path, page_xml(regions))
+    page = read_page(path, report=report)
     assert [r.id for r in page.regions] == ["good"]
     assert report.skipped == 4
-    messages = [str(warning.message) for warning in caught]
+    assert not recwarn.list  # one note a region, no Python warning
+    messages = report.notes
+    assert len(messages) == 4 and all(m.startswith(f"{path}: region ") for m in messages)
     assert any("two_points skipped: fewer than 3 distinct points" in m for m in messages)
     assert any("collinear skipped: no area" in m for m in messages)
     assert any("unreadable skipped: unreadable" in m for m in messages)
@@ -139,9 +141,9 @@ def test_degenerate_polygons_are_skipped_with_a_warning(tmp_path):
 def test_self_intersecting_polygon_is_repaired(tmp_path):
     # a bow-tie with one large and one small lobe: the larger lobe is kept
     report = RepairReport()
-    with pytest.warns(PageWarning, match="self-intersection repaired"):
-        page = read_page(write(tmp_path, page_xml(region("10,10 90,90 90,10 10,60"))),
-                         report=report)
+    page = read_page(write(tmp_path, page_xml(region("10,10 90,90 90,10 10,60"))),
+                     report=report)
+    assert report.notes == [f"{tmp_path / 'page.xml'}: region r1: self-intersection repaired"]
     (kept,) = page.regions
     shape = Polygon(kept.polygon)
     assert shape.is_valid and shape.area > 0
@@ -151,8 +153,8 @@ def test_self_intersecting_polygon_is_repaired(tmp_path):
 def test_out_of_page_polygon_is_clipped_and_outside_one_skipped(tmp_path):
     regions = region("-20,-5 250,-5 250,40 -20,40", "wide") + region("300,10 400,10 400,50", "away")
     report = RepairReport()
-    with pytest.warns(PageWarning):
-        page = read_page(write(tmp_path, page_xml(regions)), report=report)
+    page = read_page(write(tmp_path, page_xml(regions)), report=report)
+    assert len(report.notes) == 2
     (wide,) = page.regions
     xs, ys = zip(*wide.polygon)
     assert min(xs) == 0 and max(xs) == 199 and min(ys) == 0 and max(ys) == 40

@@ -1,4 +1,4 @@
-"""Data in and out: PAGE-XML, COCO JSON, the training Dataset and the synthetic corpus.
+"""Data in and out: PAGE-XML, ALTO, COCO JSON, the training Dataset and the synthetic corpus.
 
 Names are imported on first use (PEP 562), so ``import maskdla.data`` stays cheap for
 the command-line tools that only read or write XML.
@@ -17,9 +17,13 @@ _EXPORTS = {
     "read_page": "maskdla.data.pagexml",
     "write_page": "maskdla.data.pagexml",
     "page_to_xml": "maskdla.data.pagexml",
-    "parse_class_map": "maskdla.data.pagexml",
-    "RepairReport": "maskdla.data.pagexml",
-    "PageWarning": "maskdla.data.pagexml",
+    "read_alto": "maskdla.data.alto",
+    "write_alto": "maskdla.data.alto",
+    "alto_to_xml": "maskdla.data.alto",
+    "read_layout": "maskdla.data.layout",
+    "collect_layout_files": "maskdla.data.layout",
+    "parse_class_map": "maskdla.data.reading",
+    "RepairReport": "maskdla.data.reading",
     "pages_to_coco": "maskdla.data.coco",
     "folder_to_coco": "maskdla.data.coco",
     "coco_to_pages": "maskdla.data.coco",

@@ -1,7 +1,8 @@
 """COCO instance-segmentation JSON <-> pages.
 
 :func:`pages_to_coco` turns pages into a COCO dict (polygon segmentations, area = polygon
-area, bbox x, y, w, h, iscrowd 0); :func:`folder_to_coco` does it for a dataset folder;
+area, bbox x, y, w, h, iscrowd 0); :func:`folder_to_coco` does it for a dataset folder of
+PAGE-XML or ALTO files;
 :func:`coco_to_pages` goes back; :func:`load_coco` reads and checks a COCO file.
 """
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from shapely.geometry import Polygon
 
+from maskdla.data.layout import LAYOUT_FOLDERS, collect_layout_files, read_layout
 from maskdla.data.page import Page, Point, Region
-from maskdla.data.pagexml import ClassMap, PathLike, RepairReport, find_image, read_page
+from maskdla.data.reading import ClassMap, PathLike, RepairReport, find_image
 from maskdla.errors import InputError
 from maskdla.files import read_json
 
@@ -70,21 +72,9 @@ def pages_to_coco(entries: Iterable[Tuple[Page, str]],
 
 
 def collect_xml(inputs: Sequence[PathLike]) -> List[Path]:
-    """PAGE-XML files of ``inputs``: a file is itself; a folder gives ``folder/page/*.xml``
-    when that folder exists, else ``folder/*.xml`` (each sorted by name)."""
-    files: List[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            folder = item / "page" if (item / "page").is_dir() else item
-            found = sorted(folder.glob("*.xml"))
-            if not found:
-                raise InputError("no PAGE-XML files (*.xml, or page/*.xml) in this folder", item)
-            files += found
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise InputError("no such file or folder", item)
-    return files
+    """PAGE-XML and ALTO files of ``inputs``
+    (:func:`maskdla.data.layout.collect_layout_files`)."""
+    return collect_layout_files(inputs)
 
 
 def image_file_name(xml_path: PathLike, page: Page, relative_to: PathLike) -> str:
@@ -93,30 +83,35 @@ def image_file_name(xml_path: PathLike, page: Page, relative_to: PathLike) -> st
     image = find_image(xml_path, page.image_filename)
     if image is None:  # not there (size from the attributes): assume the folder convention
         folder = Path(xml_path).parent
-        base = folder.parent if folder.name == "page" else folder
+        base = folder.parent if folder.name in LAYOUT_FOLDERS else folder
         image = base / Path(page.image_filename.replace("\\", "/")).name
     return Path(os.path.relpath(image, relative_to)).as_posix()
 
 
 def read_pages(xml_files: Sequence[PathLike], relative_to: PathLike,
                elements: Optional[Sequence[str]] = None, class_map: Optional[ClassMap] = None,
-               report: Optional[RepairReport] = None) -> List[Tuple[Page, str]]:
-    """:func:`read_page` each file; return (page, image file name relative to
-    ``relative_to``) pairs for :func:`pages_to_coco`."""
+               report: Optional[RepairReport] = None,
+               fold_subtypes: bool = False) -> List[Tuple[Page, str]]:
+    """:func:`~maskdla.data.layout.read_layout` each PAGE or ALTO file; return (page, image
+    file name relative to ``relative_to``) pairs for :func:`pages_to_coco`."""
     entries = []
     for xml_path in xml_files:
-        page = read_page(xml_path, elements=elements, class_map=class_map, report=report)
+        page = read_layout(xml_path, elements=elements, class_map=class_map, report=report,
+                           fold_subtypes=fold_subtypes)
         entries.append((page, image_file_name(xml_path, page, relative_to)))
     return entries
 
 
 def folder_to_coco(folder: PathLike, elements: Optional[Sequence[str]] = None,
                    class_map: Optional[ClassMap] = None,
-                   classes: Optional[Sequence[str]] = None) -> Tuple[Dict[str, Any], RepairReport]:
-    """COCO dict of the PAGE-XML files of ``folder`` (``page/*.xml`` or ``*.xml``), image
-    file names relative to ``folder``; and the :class:`RepairReport` of reading them."""
+                   classes: Optional[Sequence[str]] = None,
+                   fold_subtypes: bool = False) -> Tuple[Dict[str, Any], RepairReport]:
+    """COCO dict of the PAGE/ALTO files of ``folder`` (``page/*.xml``, ``alto/*.xml`` or
+    ``*.xml``), image file names relative to ``folder``; and the :class:`RepairReport` of
+    reading them."""
     report = RepairReport()
-    entries = read_pages(collect_xml([folder]), folder, elements, class_map, report)
+    entries = read_pages(collect_xml([folder]), folder, elements, class_map, report,
+                         fold_subtypes)
     return pages_to_coco(entries, classes), report
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import (Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union)
@@ -31,7 +32,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Sampler
 
 from maskdla.data.coco import folder_to_coco, load_coco
-from maskdla.data.pagexml import RepairReport
+from maskdla.data.reading import RepairReport, map_label
 from maskdla.data.resize import training_size
 from maskdla.errors import InputError
 
@@ -72,19 +73,17 @@ class _Instance:
 
 
 def _resolve_classes(coco: Dict[str, Any], classes: Optional[Sequence[str]],
-                     class_map: Optional[ClassMap],
-                     source: str) -> Tuple[List[str], Dict[Any, int]]:
+                     class_map: Optional[ClassMap], source: str,
+                     fold_subtypes: bool = False) -> Tuple[List[str], Dict[Any, int]]:
     """Class names (no background) and category id -> label (1..C, 0 = dropped).
 
-    ``class_map`` renames category names (None or "" drops the category); without
-    ``classes`` the order is the file's category order (by id), merged names once.
+    Category names go through :func:`~maskdla.data.reading.map_label` (sub-types folded
+    when ``fold_subtypes``, then ``class_map``: None or "" drops, ``*`` matches the rest);
+    without ``classes`` the order is the file's category order (by id), merged names once.
     """
     mapped: Dict[Any, str] = {}
     for category in sorted(coco["categories"], key=lambda c: c["id"]):
-        name = str(category["name"])
-        if class_map is not None and name in class_map:
-            name = class_map[name] or ""
-        mapped[category["id"]] = name
+        mapped[category["id"]] = map_label(str(category["name"]), class_map, fold_subtypes)
     used = {mapped[a["category_id"]] for a in coco["annotations"]} - {""}
     if classes is None:
         classes = list(dict.fromkeys(name for name in mapped.values() if name))
@@ -298,7 +297,11 @@ class Dataset(torch.utils.data.Dataset):
         image_dir: folder that the images' ``file_name`` are relative to.
         classes: class names in label order (label i + 1 = classes[i]); default the
             categories in id order. A class found in the data but not listed is an error.
-        class_map: renames categories (``{"paragraph": "text"}``); None or "" drops one.
+        class_map: renames categories (``{"paragraph": "text"}``); None or "" drops one;
+            the key ``*`` matches every category not named (``{"*": None}`` keeps only
+            the named ones).
+        fold_subtypes: fold SegmOnto sub-types (``MainZone#1``, ``MainZone:column``) to
+            their main type, before ``class_map``.
         min_size: short side at training size; a tuple is multi-scale training: with
             ``train=True`` each item picks one at random, else the last is used.
         max_size: the long side is never longer than this.
@@ -329,7 +332,7 @@ class Dataset(torch.utils.data.Dataset):
                  min_size: Union[int, Sequence[int]] = 800, max_size: int = 1333,
                  train: bool = False, cache: bool = False, hflip: bool = False,
                  brightness_contrast: float = 0.0, source: Optional[PathLike] = None,
-                 use_simplejpeg: bool = True):
+                 use_simplejpeg: bool = True, fold_subtypes: bool = False):
         self.image_dir = Path(image_dir)
         source_name = str(source if source is not None else self.image_dir)
         sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
@@ -347,7 +350,8 @@ class Dataset(torch.utils.data.Dataset):
         self.repair_report: Optional[RepairReport] = None
         self._cache: Optional[Dict[Tuple[int, int, int], torch.Tensor]] = {} if cache else None
 
-        self.classes, label_of = _resolve_classes(coco, classes, class_map, source_name)
+        self.classes, label_of = _resolve_classes(coco, classes, class_map, source_name,
+                                                  fold_subtypes)
         self._images: List[Dict[str, Any]] = []
         self._paths: List[Path] = []
         index_of: Dict[int, int] = {}
@@ -384,19 +388,32 @@ class Dataset(torch.utils.data.Dataset):
     def from_folder(cls, root: PathLike, split: Optional[str] = "train", *,
                     elements: Optional[Sequence[str]] = None,
                     classes: Optional[Sequence[str]] = None,
-                    class_map: Optional[ClassMap] = None, **kwargs: Any) -> "Dataset":
-        """A split of a dataset folder: ``root/split/*.jpg`` with ``root/split/page/*.xml``
+                    class_map: Optional[ClassMap] = None, fold_subtypes: bool = False,
+                    verbosity: int = 1, **kwargs: Any) -> "Dataset":
+        """A split of a dataset folder: ``root/split/*.jpg`` with its PAGE-XML or ALTO in
+        ``root/split/page/*.xml``, ``root/split/alto/*.xml`` or next to the images
         (``split=None``: ``root`` itself is the split folder).
 
-        ``elements`` selects PAGE region elements (default all); the class list defaults
-        to the sorted class names found. Other keyword arguments as for :class:`Dataset`.
+        ``elements``, ``class_map`` and ``fold_subtypes`` are the readers' options
+        (:func:`~maskdla.data.layout.read_layout`); the class list defaults to the sorted
+        class names found. What reading repaired is in :attr:`repair_report`. With
+        ``verbosity`` 1 (default), when reading repaired or skipped anything, the first
+        region notes and one summary line go to stderr (clean data: nothing); 2 prints
+        every note and the summary always; 0 nothing. Other keyword arguments as for
+        :class:`Dataset`.
         """
         folder = Path(root) if split is None else Path(root) / split
         if not folder.is_dir():
-            raise InputError("no such dataset folder (expected DATA/train/*.jpg with "
-                             "DATA/train/page/*.xml)", folder)
+            raise InputError("no such dataset folder (expected DATA/train/*.jpg with its PAGE "
+                             "or ALTO XML in DATA/train/page/, DATA/train/alto/ or next to "
+                             "the images)", folder)
         coco, report = folder_to_coco(folder, elements=elements, class_map=class_map,
-                                      classes=classes)
+                                      classes=classes, fold_subtypes=fold_subtypes)
+        lines = report.lines(verbosity) if report.notes or verbosity >= 2 else []
+        for line in lines[:-1]:
+            print(f"maskdla: {line}", file=sys.stderr)
+        if lines:
+            print(f"maskdla: {folder}: {lines[-1]}", file=sys.stderr)
         dataset = cls(coco, folder, classes=classes, source=folder, **kwargs)
         dataset.repair_report = report
         return dataset

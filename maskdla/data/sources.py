@@ -26,7 +26,8 @@ def run_dataset(config: "TrainConfig", split: str, *, train: bool = False,
     order (a checkpoint's); default the config's, else the data's sorted class names.
     """
     options = dict(classes=list(classes) if classes is not None else config.classes,
-                   class_map=config.class_map, max_size=config.max_size,
+                   class_map=config.class_map,
+                   fold_subtypes=config.fold_subtypes, max_size=config.max_size,
                    min_size=tuple(config.min_size) if train else config.min_size[-1],
                    train=train, cache=train and config.cache_images)
     if config.train_ann or config.test_ann:
