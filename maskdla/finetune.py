@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from maskdla.backbones import read_weights
 from maskdla.checkpoint import load_checkpoint
@@ -109,7 +110,9 @@ def init_from_checkpoint(model: nn.Module, path: Union[str, os.PathLike],
     saved = {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
     old_classes, new_classes = list(checkpoint["classes"]), list(classes)
     config = checkpoint.get("config") or {}
-    report = InitReport(str(path), config.get("backbone") if isinstance(config, dict) else None)
+    config = config if isinstance(config, dict) else {}
+    _check_norms(model, saved, config.get("norm"), path)
+    report = InitReport(str(path), config.get("backbone"))
     state = model.state_dict()
     rebuild = old_classes != new_classes
     for key, value in state.items():
@@ -156,6 +159,21 @@ def _carry_class_rows(state: Dict[str, torch.Tensor], saved: Dict[str, torch.Ten
                 ours[new * rows:(new + 1) * rows] = theirs[old * rows:(old + 1) * rows]
             state[key] = ours
             report.rebuilt.append(key)
+
+
+def _check_norms(model: nn.Module, saved: Dict[str, torch.Tensor], saved_norm: Optional[str],
+                 path: Union[str, os.PathLike]) -> None:
+    """InputError when a norm layer of ``model`` is GroupNorm where the checkpoint's was a
+    BatchNorm (it has running statistics) or the reverse: their weight and bias have the
+    same shapes, so the mismatch would pass as "fits" and silently change the network."""
+    for name, module in model.named_modules():
+        group = isinstance(module, nn.GroupNorm)
+        batch = isinstance(module, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d))
+        if (group or batch) and f"{name}.weight" in saved and group == (f"{name}.running_mean" in saved):
+            ours = "GroupNorm" if group else "BatchNorm"
+            raise InputError(f"the checkpoint's norm layers ({saved_norm or 'unknown'}) are not "
+                             f"this model's ({ours}, e.g. {name}): build the new run with "
+                             f"--norm {saved_norm or 'as the checkpoint'}", path)
 
 
 def _read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:

@@ -11,9 +11,10 @@ from maskdla.finetune import CLASS_LAYERS, init_from_checkpoint
 OLD_CLASSES = ["text", "music", "initial"]
 
 
-def tiny_model(classes, backbone="vovnet19slim", seed=0):
+def tiny_model(classes, backbone="vovnet19slim", seed=0, norm=None):
     torch.manual_seed(seed)
-    return maskdla.build_model(backbone, num_classes=len(classes) + 1, min_size=64, max_size=96)
+    return maskdla.build_model(backbone, num_classes=len(classes) + 1, min_size=64, max_size=96,
+                               norm=norm)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,11 @@ def test_wrong_files_say_which_flag_was_meant(tmp_path, trained):
     broken.write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="broken.pth: cannot load checkpoint"):
         init_from_checkpoint(tiny_model(OLD_CLASSES), broken, OLD_CLASSES)
+    path, _ = trained  # trained with GroupNorm: frozen BN's weight and bias have its shapes
+    with pytest.raises(InputError, match=r"best.pth: the checkpoint's norm layers \(gn\) are not this "
+                                         r"model's \(BatchNorm, e.g. backbone.body.stem.0.1\): build "
+                                         "the new run with --norm gn"):
+        init_from_checkpoint(tiny_model(OLD_CLASSES, norm="frozenbn"), path, OLD_CLASSES)
     alien = tmp_path / "alien.pth"
     torch.save({"model": {"encoder.weight": torch.zeros(3)}, "config": {}, "classes": ["a"]}, alien)
     with pytest.raises(InputError, match="alien.pth: none of the checkpoint's 1 tensors fit this model"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -287,30 +287,24 @@ _TIMM_MODULE = re.compile(r"stages\.(\d)\.blocks\.(\d+)\.(conv_mid\.\d+|conv_con
 _TIMM_PART = {"conv_concat": "concat", "conv_reduction": "reduction", "attn": "ese"}
 
 
-def _from_timm(key: str, separable: set) -> Optional[str]:
-    """Our key for a key of timm's VoVNet layout, or None. ``separable``: the key prefixes
-    of timm's separable blocks, whose ``bn`` is their third child, not their second."""
+def _from_timm(key: str, separable: Set[str]) -> Optional[str]:
+    """Our key for a key of timm's VoVNet layout, or None. ``separable``: the blocks of
+    timm's depthwise separable convs (``stem.1``...), whose ``bn`` is their third child."""
+    block = key.rsplit(".", 2)[0]  # the key less ".child.param"
     match = _TIMM_STEM.fullmatch(key)
     if match:
-        block, child, name = f"stem.{match[1]}", match[2], match[3]
-        prefix = block
+        ours, child, param = f"stem.{match[1]}", match[2], match[3]
     else:
         match = _TIMM_MODULE.fullmatch(key)
         if not match:
             return None
-        stage = int(match[1]) + 2
-        part = match[3]
+        stage, part, child, param = int(match[1]) + 2, match[3], match[4], match[5]
         where = f"layers.{part.split('.')[1]}" if part.startswith("conv_mid.") else _TIMM_PART[part]
-        block = f"stages.{match[1]}.blocks.{match[2]}.{part}"
-        prefix = f"stage{stage}.{_module_index(stage, int(match[2]) + 1)}.{where}"
-        child, name = match[4], match[5]
-        if child == "fc":
-            return f"{prefix}.fc.{name}"
-    if child == "bn":
-        child_index = "2" if block in separable else "1"
-    else:
-        child_index = {"conv": "0", "conv_dw": "0", "conv_pw": "1"}[child]
-    return f"{prefix}.{child_index}.{name}"
+        ours = f"stage{stage}.{_module_index(stage, int(match[2]) + 1)}.{where}"
+    if child == "fc":
+        return f"{ours}.fc.{param}"
+    index = {"conv": 0, "conv_dw": 0, "conv_pw": 1, "bn": 2 if block in separable else 1}[child]
+    return f"{ours}.{index}.{param}"
 
 
 def build_vovnet_body(config: VoVNetConfig, norm: NormFactory) -> VoVNetBody:
