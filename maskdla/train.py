@@ -40,7 +40,7 @@ from maskdla.data.dataset import Dataset, GroupedBatchSampler, aspect_ratio_grou
 from maskdla.data.sources import run_datasets
 from maskdla.energy import EnergyMeter, efficiency_row, format_duration, merge_node_summaries, should_measure
 from maskdla.errors import InputError
-from maskdla.files import write_json_atomic
+from maskdla.files import read_json, write_json_atomic
 from maskdla.inference import resolve_device
 from maskdla.evaluation import evaluate
 from maskdla.model import build_model, model_kwargs_from_config
@@ -747,18 +747,48 @@ def build_parser() -> argparse.ArgumentParser:
     add("--energy-interval", type=float, default=defaults.energy_interval, help="seconds between energy samples")
     add("--price-per-kwh", type=non_negative_float, default=defaults.price_per_kwh, help="electricity price for the cost")
     add("--currency", default=defaults.currency, help="currency of --price-per-kwh")
+    add("--config", help="JSON or TOML file of TrainConfig fields (what experiments writes); "
+                         "flags given as well override it")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = vars(args).copy()
-    values["class_map"] = parse_class_map(values.get("class_map") or []) or None
+    values.pop("config", None)
+    if not isinstance(values.get("class_map"), dict):  # a --config file holds the mapping
+        values["class_map"] = parse_class_map(values.get("class_map") or []) or None
     return TrainConfig.from_dict(values)
 
 
+def read_config_file(path: str) -> Dict[str, Any]:
+    """The TrainConfig fields in a JSON or TOML file; InputError naming the file."""
+    if Path(path).suffix == ".toml":
+        import tomllib
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise InputError(f"cannot read config: {error}", path) from None
+    else:
+        values = read_json(path, "config")
+    try:
+        TrainConfig.from_dict(values)
+    except (InputError, TypeError) as error:
+        raise InputError(str(error), path) from None
+    return values
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
+    """The run's TrainConfig from the command line: --config FILE, then the flags given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        parser.set_defaults(**read_config_file(args.config))
+        args = parser.parse_args(argv)
+    return config_from_args(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = config_from_args(args)
+    config = parse_config(argv)
     try:
         train(config)
     except TrainingDiverged as error:
