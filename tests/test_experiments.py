@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shlex
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -392,3 +393,132 @@ def test_last_error_line():
     assert last_error_line("maskdla: error: data/x.xml: broken XML\n") == \
         "maskdla: error: data/x.xml: broken XML"
     assert last_error_line("all fine\n 10%| 1/10 [00:01<00:09, 1.00it/s]") == ""
+
+
+# ------------------------------------------------------------------ submitit jobs on this CPU
+
+TINY_GRID = """
+out_dir = "runs/tiny"
+
+[defaults]
+backbone = "vovnet19slim"
+data = "data"
+epochs = 1
+batch_size = 1
+min_size = [64]
+max_size = 128
+workers = 0
+device = "cpu"
+energy = false
+warmup_iters = 0
+log_every = 1
+checkpoint_every = 0.5
+rois_per_image = 32
+
+[launcher]
+time = 10
+
+[[runs]]
+name = "a"
+
+[[runs]]
+name = "b"
+lr = 0.01
+"""
+
+
+@pytest.fixture()
+def tiny_grid(tmp_path, monkeypatch):
+    """Two tiny CPU runs (2 train pages of 128 px, batch 1: 2 iterations an epoch)."""
+    pytest.importorskip("submitit")
+    from maskdla.data.synthetic import generate_corpus
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    generate_corpus(tmp_path / "data", pages=4, train=2, seed=3, width=128)
+    return write_file(tmp_path, TINY_GRID)
+
+
+def _children(pid: int) -> list:
+    try:
+        return [int(child) for child in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (not gone, not a zombie waiting for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def _wait_for(condition, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_grid_runs_to_the_end_as_local_submitit_jobs(tiny_grid):
+    """submitit's LocalExecutor runs the jobs the slurm launcher submits: two runs train to
+    the end, a third with missing data fails, and status tells them apart."""
+    tiny_grid.write_text(tiny_grid.read_text() + '\n[[runs]]\nname = "broken"\n'
+                         'data = "no/such/data"\n')
+    experiments = resolve_experiments(tiny_grid)
+    spec = SlurmSpec.from_sources(read_experiment_file(tiny_grid)["launcher"], {})
+    submitted = launchers.submit_slurm(experiments, spec, cluster="local")
+    assert [experiment.name for experiment, _ in submitted] == ["a", "b", "broken"]
+    assert all(run_status(experiment).startswith(("queued (job", "running"))
+               for experiment in experiments)
+    for experiment, job in submitted:
+        job.wait()
+    lines = {experiment.name: run_status(experiment) for experiment in experiments}
+    assert re.fullmatch(r"finished: segm AP \d+\.\d\d, box AP \d+\.\d\d", lines["a"])
+    assert re.fullmatch(r"finished: segm AP \d+\.\d\d, box AP \d+\.\d\d", lines["b"])
+    assert lines["broken"].startswith("failed at epoch 0 of 1: RuntimeError: training exited "
+                                      "with code 2: maskdla: error: ")
+    for experiment, job in submitted:
+        folder = experiment.out / "submitit"
+        assert (folder / f"{job.job_id}_0_log.out").is_file()
+        assert (folder / f"{job.job_id}_0_log.err").is_file()
+    summary = json.loads(Path("runs/tiny/a/summary.json").read_text())
+    assert summary["iterations"] == 2
+    # Finished runs are never submitted again.
+    again = launchers.submit_slurm(experiments[:2], spec, cluster="local")
+    assert again == []
+
+
+@pytest.mark.slow
+def test_a_requeued_job_and_a_killed_one_resume_from_their_last_checkpoint(tiny_grid):
+    """A time-limit warning (USR2, as SLURM sends it) makes submitit requeue the job, which
+    resumes; a job killed outright leaves no training behind, and launching the run again
+    resumes it too. 4 epochs = 8 iterations, a checkpoint at each."""
+    experiment = resolve_experiments(tiny_grid, only=["a"], overrides={"epochs": 4})[0]
+    spec = SlurmSpec(time=10)
+    [(_, job)] = launchers.submit_slurm([experiment], spec, cluster="local")
+    _wait_for(lambda: (experiment.out / "checkpoint_last.pth").is_file())
+    [task] = _children(int(job.job_id))
+    os.kill(task, signal.SIGUSR2)  # the job's time is nearly up
+    _wait_for(lambda: "resumed from" in (job.stdout() or ""))
+    iterations = lambda: [json.loads(line)["iteration"] for line in  # noqa: E731
+                          (experiment.out / "log.jsonl").read_text().splitlines()]
+    resumed_at = iterations()[-1]
+    _wait_for(lambda: iterations()[-1] > resumed_at + 1)
+    assert run_status(experiment).startswith("running at epoch ")
+    training = [grandchild for child in _children(int(job.job_id))
+                for grandchild in _children(child)]
+    assert training
+    job.cancel()  # killed
+    _wait_for(job.done, 60)
+    _wait_for(lambda: not any(_alive(pid) for pid in training), 60)
+    assert re.match(r"stopped at epoch [\d.]+ of 4 \(resumable; ", run_status(experiment))
+    [(_, again)] = launchers.submit_slurm([experiment], spec, cluster="local")
+    again.wait()
+    assert "resumed from" in again.stdout()
+    assert run_status(experiment).startswith("finished: segm AP ")
+    assert json.loads((experiment.out / "summary.json").read_text())["iterations"] == 8
+    assert iterations()[-1] == 8
