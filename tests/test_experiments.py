@@ -522,3 +522,24 @@ def test_a_requeued_job_and_a_killed_one_resume_from_their_last_checkpoint(tiny_
     assert run_status(experiment).startswith("finished: segm AP ")
     assert json.loads((experiment.out / "summary.json").read_text())["iterations"] == 8
     assert iterations()[-1] == 8
+
+
+def test_status_of_submitit_jobs_from_their_result_files(grid):
+    """A job that raised is failed; one that ran out of requeues is stopped, resumable."""
+    import pickle
+    late = resolve_experiments(grid)[0]
+    folder = late.out / "submitit"
+    folder.mkdir(parents=True)
+    (late.out / "checkpoint_last.pth").write_bytes(b"")
+    (late.out / "launch.json").write_text(json.dumps(
+        {"launcher": "slurm", "executor": "slurm", "job_id": "77"}))
+    result = folder / "77_0_result.pkl"
+    result.write_bytes(pickle.dumps(("error", "Traceback (most recent call last):\n  ...\n"
+                                     "RuntimeError: training exited with code 2: maskdla: "
+                                     "error: data/x.xml: broken XML\n")))
+    assert run_status(late) == ("failed at epoch 0 of 450: RuntimeError: training exited "
+                                "with code 2: maskdla: error: data/x.xml: broken XML")
+    result.write_bytes(pickle.dumps(("error", "submitit.core.utils.UncompletedJobError: Job "
+                                     "not requeued because: timed-out too many times.")))
+    assert run_status(late) == ("stopped at epoch 0 of 450 (resumable; job 77 not requeued "
+                                "again: Job not requeued because: timed-out too many times.)")

@@ -104,6 +104,8 @@ def job_state(experiment: Experiment) -> Tuple[str, str]:
             return "ended", name
         error = last_error_line(str(result[1])) or last_error_line(
             _read(folder / f"{job_id}_0_log.err"))
+        if "UncompletedJobError" in error:  # out of requeues: stopped, not broken
+            return "ended", f"{name} not requeued again: " + error.split(": ", 1)[-1]
         return "failed", error or f"{name} failed"
     if record.get("executor") == "local":  # submitit's LocalExecutor: the job id is a pid
         if _pid_alive(int(job_id)):
