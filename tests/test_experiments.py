@@ -6,7 +6,6 @@ import shlex
 import os
 import re
 import signal
-import subprocess
 import sys
 import socket
 import time
@@ -543,3 +542,19 @@ def test_status_of_submitit_jobs_from_their_result_files(grid):
                                      "not requeued because: timed-out too many times.")))
     assert run_status(late) == ("stopped at epoch 0 of 450 (resumable; job 77 not requeued "
                                 "again: Job not requeued because: timed-out too many times.)")
+
+
+@pytest.mark.slow
+def test_the_local_launcher_trains_a_run_and_reports_a_failed_one(tiny_grid, capsys):
+    tiny_grid.write_text(tiny_grid.read_text() + '\n[[runs]]\nname = "broken"\n'
+                         'data = "no/such/data"\n')
+    assert main(["run", str(tiny_grid), "--only", "a,broken"]) == 1
+    out = capsys.readouterr().out
+    assert "trained 1, skipped 0 finished, failed 1: broken" in out
+    a, broken = resolve_experiments(tiny_grid, only=["a", "broken"])
+    assert run_status(a).startswith("finished: segm AP ")
+    assert json.loads((a.out / "launch.json").read_text())["exit_code"] == 0
+    line = run_status(broken)
+    assert line.startswith("failed at epoch 0 of 1: maskdla: error: ") and "no/such/data" in line
+    assert main(["run", str(tiny_grid), "--only", "a"]) == 0  # finished: not trained again
+    assert "a: finished, skipped" in capsys.readouterr().out
