@@ -289,8 +289,8 @@ def test_dry_run_of_a_two_node_job_prints_sbatch_options_and_the_command(grid, c
     assert ("  sbatch --job-name=grid/e450_late --nodes=2 --ntasks-per-node=1 --gpus-per-node=1 "
             "--cpus-per-task=16 --mem=64GB --time=720 --partition=gpu --account=other "
             "--constraint=a100 --signal=USR2@120 --requeue --exclusive --mail-type=END "
-            "--output=runs/grid/e450_late/submitit/%j_0_log.out "
-            "--error=runs/grid/e450_late/submitit/%j_0_log.err\n") in out
+            f"--output={Path.cwd()}/runs/grid/e450_late/submitit/%j_0_log.out "
+            f"--error={Path.cwd()}/runs/grid/e450_late/submitit/%j_0_log.err\n") in out
     assert "  setup: module load cuda/12.4\n" in out
     command = out.split("command (on each of the 2 nodes): ")[1].splitlines()[0]
     assert shlex.split(command) == [
@@ -345,7 +345,13 @@ def test_submission_writes_what_the_dry_run_shows_and_is_not_repeated(grid, tmp_
     script = (tmp_path / "sbatch_script.sh").read_text()
     experiment = resolve_experiments(grid, nproc=2, nodes=2, only=["e450_late"])[0]
     spec = SlurmSpec.from_sources(read_experiment_file(grid)["launcher"], {})
-    for option in spec.sbatch_options("grid/e450_late"):
+    capsys.readouterr()
+    main(["run", str(grid), "--launcher", "slurm", "--dry-run", "--only", "e450_late"])
+    dry_run = capsys.readouterr().out.split("  sbatch ")[1].splitlines()[0].split()
+    assert dry_run == spec.sbatch_options("grid/e450_late") + [
+        f"--output={run.absolute()}/submitit/%j_0_log.out",
+        f"--error={run.absolute()}/submitit/%j_0_log.err"]
+    for option in dry_run:
         assert f"#SBATCH {option}\n" in script, option
     assert "module load cuda/12.4\n" in script
     assert (run / "submitit" / "4242_submitted.pkl").is_file()

@@ -242,6 +242,8 @@ def _print_report_command(experiments: Sequence[Experiment]) -> None:
 
 
 def describe_local(experiment: Experiment) -> str:
+    if experiment.status == "finished":
+        return describe(experiment) + "\n  finished: skipped"
     return describe(experiment) + "\n  command: " + shlex.join(local_command(experiment))
 
 
@@ -251,7 +253,9 @@ def describe_local(experiment: Experiment) -> str:
 
 def describe_slurm(experiment: Experiment, spec: SlurmSpec) -> str:
     """The dry-run lines of one SLURM run: plan, sbatch options, the command on each node."""
-    folder = experiment.out / SUBMITIT_DIR
+    if experiment.status == "finished":
+        return describe(experiment) + "\n  finished: not submitted again"
+    folder = (experiment.out / SUBMITIT_DIR).absolute()  # as submitit writes it
     options = spec.sbatch_options(job_name(experiment)) + [
         f"--output={folder}/%j_0_log.out", f"--error={folder}/%j_0_log.err"]
     if spec.nodes > 1:
