@@ -777,7 +777,7 @@ def read_config_file(path: str) -> Dict[str, Any]:
     return values
 
 
-def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
+def config_from_argv(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     """The run's TrainConfig from the command line: --config FILE, then the flags given."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -788,7 +788,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    config = parse_config(argv)
+    config = config_from_argv(argv)
     try:
         train(config)
     except TrainingDiverged as error:

@@ -110,12 +110,12 @@ def test_the_run_config_file_round_trips_through_the_train_cli(grid):
     for experiment in resolve_experiments(grid):
         path = experiment.write_config()
         assert path == experiment.out / CONFIG_NAME
-        parsed = train.parse_config(["--config", str(path), "--resume", "auto"])
+        parsed = train.config_from_argv(["--config", str(path), "--resume", "auto"])
         for key, value in experiment.config.items():
             assert getattr(parsed, key) == value, key
         assert parsed.resume == "auto"
-        assert train.parse_config(["--config", str(path), "--epochs", "3"]).epochs == 3
-    small = train.parse_config(["--config", "runs/grid/e225/train_config.json"])
+        assert train.config_from_argv(["--config", str(path), "--epochs", "3"]).epochs == 3
+    small = train.config_from_argv(["--config", "runs/grid/e225/train_config.json"])
     assert (small.deterministic, small.energy, small.min_size) == (True, False, [640, 800])
     assert small.class_map == {"paragraph": "lyrics"}
     assert small.classes == ["drop-capital", "lyrics", "staff"]
