@@ -1,7 +1,9 @@
-"""Run a grid of training runs from a TOML file: ``python -m maskdla.experiments run FILE``.
+"""Experiment files: a grid of runs, each one TrainConfig, and their schedules.
 
-An experiment file (experiments/*.toml) holds shared defaults and a list of runs; each run
-is one :class:`maskdla.train.TrainConfig` (any field may be set, in defaults or per run)::
+An experiment file (experiments/*.toml) holds shared defaults, a list of runs and, for the
+SLURM launcher, the job's shape (``[launcher]``, see :mod:`maskdla.experiments.launchers`);
+each run is one :class:`maskdla.train.TrainConfig` (any field may be set, in defaults or
+per run)::
 
     description = "Epochs: 115 to 900 at batch 2"
     study_table = "STUDY.md, The parameter study: Epochs"
@@ -18,32 +20,24 @@ is one :class:`maskdla.train.TrainConfig` (any field may be set, in defaults or 
     epochs = 225
 
 ``total_batch_size`` (not a TrainConfig field) is the batch over all processes, as the
-study counts it (detectron2's IMS_PER_BATCH); the runner passes ``--batch-size
-total / nproc`` so a file means the same schedule on 1 GPU or 2. ``batch_size`` instead
-sets the per-process batch directly. Relative paths are relative to the folder you run
-from. Each run goes to ``python -m maskdla.train ...`` (under ``torch.distributed.run``
-= torchrun when ``--nproc`` > 1). A run whose folder holds checkpoint_final.pth is
-skipped; one with only checkpoint_last.pth is resumed (``--resume auto``).
+study counts it (detectron2's IMS_PER_BATCH); the runner sets ``batch_size = total /
+processes`` so a file means the same schedule on 1 GPU or 2. ``batch_size`` instead sets
+the per-process batch directly. Relative paths are relative to the folder you run from.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from maskdla.cli import positive_float, positive_int, run_main
 from maskdla.data.coco import collect_xml
 from maskdla.errors import InputError
 from maskdla.schedule import SchedulePlan, plan
 from maskdla.train import TrainConfig
-from maskdla.train import build_parser as build_train_parser
 
 try:  # Python 3.11+
     import tomllib
@@ -57,12 +51,45 @@ except ImportError:  # pragma: no cover - Python 3.9/3.10
 #: data cannot be counted.
 STUDY_TRAIN_SIZE = 128
 #: Top-level keys of an experiment file.
-FILE_KEYS = ("description", "study_table", "out_dir", "defaults", "runs")
+FILE_KEYS = ("description", "study_table", "out_dir", "defaults", "runs", "launcher")
 #: Keys of a run entry that are the runner's, not TrainConfig fields.
 RUNNER_KEYS = ("name", "total_batch_size")
 #: Smallest image side a --scale smoke run shrinks to (the FPN's coarsest level is 1/64).
 MIN_SCALED_SIZE = 64
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+#: The run's TrainConfig as the launchers hand it to ``python -m maskdla.train --config``.
+#: Not config.json: training writes that one itself (with the world size and classes).
+CONFIG_NAME = "train_config.json"
+
+
+# --------------------------------------------------------------------------------------------
+# The seam to maskdla.train: a run's TrainConfig, its file, and the command that trains it.
+# --------------------------------------------------------------------------------------------
+
+def run_config(values: Dict[str, Any]) -> TrainConfig:
+    """The validated TrainConfig of a run from the fields its experiment file sets."""
+    return TrainConfig.from_dict(dict(values)).validate()
+
+
+def save_run_config(config: TrainConfig, path: Path) -> None:
+    """Write ``config`` (every field) where ``--config`` reads it, atomically."""
+    config.save(path)
+
+
+def train_command(config_path: os.PathLike | str, nproc_per_node: int = 1, nnodes: int = 1,
+                  node_rank: Any = 0, master_addr: str = "", master_port: Any = 0) -> List[str]:
+    """The command that trains (or resumes, ``--resume auto``) the run in ``config_path``:
+    ``python -m maskdla.train`` for one process, torchrun for several (``--standalone`` on
+    one node; on several, a static rendezvous at ``master_addr:master_port``)."""
+    train = ["-m", "maskdla.train", "--config", str(config_path), "--resume", "auto"]
+    if nproc_per_node == 1 and nnodes == 1:
+        return [sys.executable, *train]
+    launcher = [sys.executable, "-m", "torch.distributed.run"]
+    if nnodes == 1:
+        launcher += ["--standalone"]
+    else:
+        launcher += [f"--nnodes={nnodes}", f"--node_rank={node_rank}",
+                     f"--master_addr={master_addr}", f"--master_port={master_port}"]
+    return [*launcher, f"--nproc_per_node={nproc_per_node}", *train]
 
 
 @dataclass
@@ -73,26 +100,42 @@ class Experiment:
         name: the run's name (its folder under the file's out_dir).
         config: TrainConfig fields set for this run (defaults merged, out, per-process
             batch_size); fields not set keep TrainConfig's defaults.
-        world_size: processes (GPUs) it runs on.
+        world_size: processes (GPUs) it runs on, over all nodes.
+        nodes: machines it runs on (world_size / nodes processes each).
     """
 
     name: str
     config: Dict[str, Any]
     world_size: int
+    nodes: int = 1
 
     @property
     def out(self) -> Path:
         return Path(self.config["out"])
 
     @property
+    def config_path(self) -> Path:
+        return self.out / CONFIG_NAME
+
+    @property
+    def nproc_per_node(self) -> int:
+        return self.world_size // self.nodes
+
+    @property
     def status(self) -> str:
-        """"finished" (checkpoint_final.pth), "unfinished" (checkpoint_last.pth only: it is
-        resumed) or "new"."""
-        if (self.out / "checkpoint_final.pth").is_file():
+        """"finished" (summary.json: trained and evaluated; never launched again),
+        "unfinished" (a checkpoint_last.pth to resume from) or "new"."""
+        if (self.out / "summary.json").is_file():
             return "finished"
         if (self.out / "checkpoint_last.pth").is_file():
             return "unfinished"
         return "new"
+
+    def write_config(self) -> Path:
+        """Write the run's TrainConfig into its folder; returns the file."""
+        save_run_config(run_config(self.config), self.config_path)
+        return self.config_path
+
 
 
 def _train_fields() -> Dict[str, dataclasses.Field]:
@@ -129,8 +172,9 @@ def read_experiment_file(path: os.PathLike | str) -> Dict[str, Any]:
     runs = document.get("runs")
     if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
         raise InputError("expected at least one [[runs]] entry", path)
-    if not isinstance(document.get("defaults", {}), dict):
-        raise InputError("[defaults] must be a table", path)
+    for table in ("defaults", "launcher"):
+        if not isinstance(document.get(table, {}), dict):
+            raise InputError(f"[{table}] must be a table", path)
     names = [run.get("name") for run in runs]
     for index, name in enumerate(names):
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
@@ -171,17 +215,20 @@ def _scale_config(config: Dict[str, Any], scale: float) -> Dict[str, Any]:
 
 def resolve_experiments(path: os.PathLike | str, nproc: int = 1, scale: Optional[float] = None,
                         only: Optional[Sequence[str]] = None,
-                        overrides: Optional[Dict[str, Any]] = None) -> List[Experiment]:
+                        overrides: Optional[Dict[str, Any]] = None,
+                        nodes: int = 1) -> List[Experiment]:
     """The runs of an experiment file, ready to plan and launch.
 
     Args:
         path: the TOML file.
-        nproc: processes (GPUs) per run; ``total_batch_size`` is divided by it.
+        nproc: processes (GPUs) per run, over all nodes; ``total_batch_size`` is divided
+            by it.
         scale: shrink for a smoke run (see :func:`_scale_config`); the runs then go to
             ``<out_dir>-scale<F>`` so they never mix with full runs.
         only: run names to keep (in file order); unknown names are an error.
         overrides: TrainConfig fields set on every run, after the file's values
             (``--set data=/scratch/vorau253``).
+        nodes: machines per run (a divisor of ``nproc``).
 
     Raises:
         InputError: bad file, unknown field, a batch that does not divide, unknown name.
@@ -221,70 +268,11 @@ def resolve_experiments(path: os.PathLike | str, nproc: int = 1, scale: Optional
         if scale is not None:
             config = _scale_config(config, scale)
         try:
-            TrainConfig.from_dict(dict(config)).validate()
-            train_arguments(config)
+            run_config(config)
         except (InputError, TypeError, ValueError) as error:
             raise InputError(f"run {name!r}: {error}", path) from None
-        experiments.append(Experiment(name=name, config=config, world_size=nproc))
+        experiments.append(Experiment(name=name, config=config, world_size=nproc, nodes=nodes))
     return experiments
-
-
-def _train_flags() -> Dict[str, argparse.Action]:
-    """The options of ``python -m maskdla.train``, by TrainConfig field (argparse dest)."""
-    return {action.dest: action for action in build_train_parser()._actions
-            if action.option_strings}
-
-
-def train_arguments(config: Dict[str, Any]) -> List[str]:
-    """``python -m maskdla.train`` flags for the TrainConfig fields in ``config``.
-
-    Spelled the way maskdla.train's own parser reads them: a field's option string; a list
-    as separate values where the option takes several (``--classes a b``), else joined with
-    commas (``--min-size 640,800``); a mapping as ``OLD=NEW`` items; a switch
-    (``--deterministic``, ``--no-energy``) only where the value is not the default; None
-    left out (the default).
-
-    Raises:
-        InputError: a field the training CLI has no flag for, or a switch value it cannot
-            express.
-    """
-    flags = _train_flags()
-    arguments: List[str] = []
-    for name, value in config.items():
-        action = flags.get(name)
-        if action is None:
-            raise InputError(f"{name}: no python -m maskdla.train flag sets this field")
-        flag = action.option_strings[0]
-        if value is None:
-            continue
-        if action.nargs == 0:  # store_true / store_false
-            if value == action.const:
-                arguments.append(flag)
-            elif value != action.default:
-                raise InputError(f"{name} = {value!r}: {flag} can only set {action.const!r}")
-        elif isinstance(value, dict):
-            arguments += [flag, *(f"{key}={item}" for key, item in value.items())]
-        elif isinstance(value, (list, tuple)):
-            if action.nargs in ("+", "*"):
-                arguments += [flag, *(str(item) for item in value)]
-            else:
-                arguments += [flag, ",".join(str(item) for item in value)]
-        else:
-            arguments += [flag, str(value)]
-    return arguments
-
-
-def command(experiment: Experiment) -> List[str]:
-    """The command that trains ``experiment`` (resuming it when unfinished)."""
-    arguments = train_arguments(experiment.config)
-    if experiment.status == "unfinished" and "resume" not in experiment.config:
-        arguments += ["--resume", "auto"]
-    if experiment.world_size > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={experiment.world_size}"]
-    else:
-        launcher = [sys.executable]
-    return [*launcher, "-m", "maskdla.train", *arguments]
 
 
 def train_size(config: Dict[str, Any]) -> Tuple[int, str]:
@@ -326,105 +314,9 @@ def schedule(experiment: Experiment, size: int) -> SchedulePlan:
 
 
 def describe(experiment: Experiment) -> str:
-    """The dry-run lines of one run: status, folder, schedule, command."""
+    """The dry-run lines of one run: status, folder, schedule."""
     size, source = train_size(experiment.config)
     lines = [f"{experiment.name}: {experiment.status} -> {experiment.out}"]
     lines += ["  " + line for line in schedule(experiment, size).describe().splitlines()]
     lines.insert(2, f"    ({source})")
-    lines.append("  command: " + shlex.join(command(experiment)))
     return "\n".join(lines)
-
-
-def run_experiments(experiments: Sequence[Experiment], dry_run: bool = False) -> int:
-    """Train each run in turn (skipping finished ones) or, with ``dry_run``, print the
-    plans. A failed run is reported and the rest still run.
-
-    Returns:
-        Exit code: 0 when every run finished or was skipped, 1 when any failed.
-    """
-    failed, skipped, trained = [], [], []
-    for number, experiment in enumerate(experiments, start=1):
-        prefix = f"[{number}/{len(experiments)}]"
-        if dry_run:
-            print(f"{prefix} {describe(experiment)}")
-            continue
-        if experiment.status == "finished":
-            print(f"{prefix} {experiment.name}: finished, skipped ({experiment.out})")
-            skipped.append(experiment.name)
-            continue
-        arguments = command(experiment)
-        action = "resuming" if experiment.status == "unfinished" else "training"
-        print(f"{prefix} {experiment.name}: {action} -> {experiment.out}\n"
-              f"  {shlex.join(arguments)}", flush=True)
-        code = subprocess.run(arguments, check=False).returncode
-        if code != 0:
-            print(f"{prefix} {experiment.name}: failed with exit code {code}", file=sys.stderr)
-            failed.append(experiment.name)
-        else:
-            trained.append(experiment.name)
-    if dry_run:
-        return 0
-    print(f"trained {len(trained)}, skipped {len(skipped)} finished, failed {len(failed)}"
-          + (f": {', '.join(failed)}" if failed else ""))
-    if experiments:
-        folders = sorted({str(experiment.out.parent) for experiment in experiments})
-        print("report: python -m maskdla.report " + " ".join(folders))
-    return 1 if failed else 0
-
-
-def _parse_override(text: str) -> Tuple[str, Any]:
-    """``--set KEY=VALUE``: VALUE read as a TOML value (450, 0.02, true, [640, 800]),
-    else kept as a string (data/vorau253)."""
-    key, separator, value = text.partition("=")
-    if not separator or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    if tomllib is not None:
-        try:
-            return key.strip(), tomllib.loads(f"value = {value}")["value"]
-        except tomllib.TOMLDecodeError:
-            pass
-    return key.strip(), value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m maskdla.experiments",
-        description="Run the study's grids of training runs from experiment files "
-                    "(experiments/*.toml).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser(
-        "run", help="train every run of an experiment file",
-        description="Train every run of an experiment file in turn: finished runs "
-                    "(checkpoint_final.pth) are skipped, unfinished ones resumed. Exit "
-                    "code 1 if any run failed.")
-    run.add_argument("file", type=Path, metavar="FILE", help="experiment file (TOML)")
-    run.add_argument("--only", action="append", metavar="NAME",
-                     help="run only this run (repeat or comma-separate for several)")
-    run.add_argument("--dry-run", action="store_true",
-                     help="print each run's epochs, iterations, LR milestones and command; "
-                          "train nothing")
-    run.add_argument("--nproc", type=positive_int, default=1, metavar="N",
-                     help="GPUs (processes) per run; N > 1 launches torchrun "
-                          "(default: 1). total_batch_size is split over them")
-    run.add_argument("--scale", type=positive_float, metavar="F",
-                     help="smoke run: epochs, warmup and image size times F (images at "
-                          f"least {MIN_SCALED_SIZE} px), into <out_dir>-scale<F>; "
-                          "e.g. 0.01 for a CPU check of the wiring")
-    run.add_argument("--set", dest="overrides", action="append", type=_parse_override,
-                     default=[], metavar="KEY=VALUE",
-                     help="set a TrainConfig field on every run, e.g. --set "
-                          "data=/scratch/vorau253 or --set workers=8 (repeatable)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    only = [name.strip() for item in (args.only or []) for name in item.split(",")
-            if name.strip()]
-    experiments = resolve_experiments(args.file, nproc=args.nproc, scale=args.scale,
-                                      only=only, overrides=dict(args.overrides))
-    return run_experiments(experiments, dry_run=args.dry_run)
-
-
-if __name__ == "__main__":
-    run_main(main)
