@@ -144,8 +144,8 @@ def test_find_images(tmp_path):
         (folder / name).write_bytes(b"x")
     single = tmp_path / "d.jpeg"
     single.write_bytes(b"x")
-    assert [p.name for p in find_images([folder, single])] == ["a.png", "b.JPG", "c.tiff",
-                                                               "d.jpeg"]
+    assert [image.path.name for image in find_images([folder, single])] == [
+        "a.png", "b.JPG", "c.tiff", "d.jpeg"]
     with pytest.raises(InputError, match="no such file"):
         find_images([tmp_path / "missing.jpg"])
     with pytest.raises(InputError, match="not an image"):

@@ -26,6 +26,7 @@ import shapely
 from PIL import Image
 from shapely.geometry import Polygon, box
 
+from maskdla.data.image import displayed_size as _image_size
 from maskdla.data.page import Page, Point, Region, TextLine
 from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
@@ -227,18 +228,6 @@ def image_candidates(xml_path: PathLike, image_filename: str) -> List[Path]:
 def find_image(xml_path: PathLike, image_filename: str) -> Optional[Path]:
     """The first existing :func:`image_candidates` file, or None."""
     return next((p for p in image_candidates(xml_path, image_filename) if p.is_file()), None)
-
-
-def _image_size(image_path: Path) -> Tuple[int, int]:
-    """(width, height) as displayed (EXIF rotation applied), reading only the header."""
-    try:
-        with Image.open(image_path) as image:
-            width, height = image.size
-            if image.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
-                width, height = height, width
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read the image header ({error})", image_path) from None
-    return width, height
 
 
 def _positive_int(text: Optional[str]) -> Optional[int]:
