@@ -87,7 +87,10 @@ def find_images(inputs: Sequence[PathLike], recursive: bool = False,
             images.append(InputImage(item, Path(item.name)))
         else:
             raise InputError("no such file or folder", item)
-    images = list({image.path.resolve(): image for image in reversed(images)}.values())[::-1]
+    unique: Dict[Path, InputImage] = {}
+    for image in images:  # a file found twice (a folder and a file in it) counts once
+        unique.setdefault(image.path.resolve(), image)
+    images = list(unique.values())
     seen: Dict[Path, Path] = {}
     for image in images:
         key = image.relative.parent / image.relative.stem
