@@ -138,8 +138,10 @@ def export_torchscript(checkpoint: Union[PathLike, Dict[str, Any]], path: PathLi
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        torch.jit.save(scripted, str(temporary),
-                       _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(scripted, str(temporary),
+                           _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
         os.replace(temporary, path)
     except OSError as error:
         raise InputError(f"cannot write: {error.strerror or error}", path) from None

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import sys
@@ -259,42 +260,68 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
                    predictor.max_size),
         batch_size=batch_size, num_workers=workers, collate_fn=collate_pages,
         pin_memory=predictor.device.type == "cuda", prefetch_factor=2 if workers else None)
-    for batch in loader:
-        for loaded in batch:
-            if loaded.error is not None:
-                fail(todo[loaded.index], loaded.error, loaded.seconds)
-                bar.update(1)
-        batch = [loaded for loaded in batch if loaded.error is None]
-        start = time.perf_counter()
-        try:
-            detections = predictor.detect([loaded.image for loaded in batch])
-        except Exception as error:  # e.g. out of memory on a huge page: this batch only
-            for loaded in batch:
-                fail(todo[loaded.index], f"{images[todo[loaded.index]].path}: the model failed "
-                                         f"({type(error).__name__}: {error})".splitlines()[0])
-            bar.update(len(batch))
-            continue
-        model_share = (time.perf_counter() - start) / max(len(batch), 1)
-        for loaded, detection in zip(batch, detections):
-            index = todo[loaded.index]
-            start = time.perf_counter()
-            try:
-                page = _write_outputs(predictor, images[index], loaded, detection, out,
-                                      formats, overlay)
-            except Exception as error:
-                message = str(error) if isinstance(error, InputError) else (
-                    f"{images[index].path}: {type(error).__name__}: {error}")
-                fail(index, message.splitlines()[0], loaded.seconds + model_share)
+    pending: List[Tuple[int, LoadedPage, float, "concurrent.futures.Future"]] = []
+
+    def finish(count: int) -> None:
+        """Collect the first ``count`` pages being post-processed, in order."""
+        for index, loaded, model_share, future in pending[:count]:
+            error, page, seconds = future.result()
+            seconds += loaded.seconds + model_share
+            if error is not None:
+                fail(index, error, seconds)
             else:
-                seconds = loaded.seconds + model_share + time.perf_counter() - start
                 records[index] = PageRecord(
                     str(images[index].path), "predicted", len(page.regions), round(seconds, 4),
                     classes=dict(Counter(region.label for region in page.regions)))
                 if coco is not None:
                     coco.extend(page_to_coco_results(page, index + 1, predictor.classes))
             bar.update(1)
+        del pending[:count]
+
+    # post-processing runs in a thread while the model runs the next batch (a GPU would
+    # otherwise wait for it); one thread keeps the pages' files in order
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as post:
+        for batch in loader:
+            for loaded in batch:
+                if loaded.error is not None:
+                    fail(todo[loaded.index], loaded.error, loaded.seconds)
+                    bar.update(1)
+            batch = [loaded for loaded in batch if loaded.error is None]
+            start = time.perf_counter()
+            try:
+                detections = predictor.detect([loaded.image for loaded in batch])
+            except Exception as error:  # e.g. out of memory on a huge page: this batch only
+                for loaded in batch:
+                    path = images[todo[loaded.index]].path
+                    fail(todo[loaded.index], f"{path}: the model failed "
+                                             f"({type(error).__name__}: {error})".splitlines()[0])
+                bar.update(len(batch))
+                continue
+            model_share = (time.perf_counter() - start) / max(len(batch), 1)
+            previous = len(pending)
+            for loaded, detection in zip(batch, detections):
+                index = todo[loaded.index]
+                pending.append((index, loaded, model_share, post.submit(
+                    _post_process, predictor, images[index], loaded, detection, out, formats,
+                    overlay)))
+            finish(previous)
+        finish(len(pending))
     bar.close()
     return [record for record in records if record is not None]
+
+
+def _post_process(predictor: Predictor, image: InputImage, loaded: LoadedPage,
+                  detection: Dict[str, torch.Tensor], out: Path, formats: Sequence[str],
+                  overlay: bool) -> Tuple[Optional[str], Optional[Page], float]:
+    """:func:`_write_outputs` -> (one-line error or None, page, seconds); never raises."""
+    start = time.perf_counter()
+    try:
+        page = _write_outputs(predictor, image, loaded, detection, out, formats, overlay)
+    except Exception as error:
+        message = str(error) if isinstance(error, InputError) else (
+            f"{image.path}: {type(error).__name__}: {error}")
+        return message.splitlines()[0], None, time.perf_counter() - start
+    return None, page, time.perf_counter() - start
 
 
 def _outputs(image: InputImage, out: Path, formats: Sequence[str], overlay: bool

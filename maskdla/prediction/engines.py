@@ -102,6 +102,8 @@ class OnnxRuntimeEngine:
         if not path.is_file():
             raise InputError("exported model not found", path)
         options = onnxruntime.SessionOptions()
+        # idle threads spinning for work would take the cores the decoding workers need
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

@@ -188,6 +188,8 @@ class Predictor:
                  mask_thresh: float = 0.5, max_detections: Optional[int] = None,
                  amp: Optional[bool] = None, engine: str = "torch",
                  threads: Optional[int] = None):
+        if device is None and engine != "torch":
+            device = "cpu"  # the exported engines run on the CPU
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         for name, value in (("score_thresh", score_thresh), ("overlap_thresh", overlap_thresh),
                             ("mask_thresh", mask_thresh)):
