@@ -12,7 +12,6 @@ from shapely.geometry import Polygon
 from maskdla.bench.predict import CLASSES
 from maskdla.errors import InputError
 from maskdla.export import main as export_main
-from maskdla.inference import raw_detections
 from maskdla.model import build_model
 from maskdla.predict import Predictor, main as predict_main
 

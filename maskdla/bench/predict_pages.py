@@ -102,16 +102,22 @@ def run(args: argparse.Namespace) -> dict:
                         max_detections=25)
         paths = sorted(scans.iterdir())
         predictors = {engine: Predictor(checkpoints[engine], device="cpu", score_thresh=0.0,
-                                        max_detections=25, engine=engine)
+                                        max_detections=25, largest_only=True,
+                                        engine=engine)
                       for engine in engines}
         any_predictor = next(iter(predictors.values()))
-        decoded = [load_image(path, any_predictor.min_size, any_predictor.max_size)[0]
-                   for path in paths]
+        start = time.perf_counter()
+        loaded = [load_image(path, any_predictor.min_size, any_predictor.max_size)
+                  for path in paths]
+        decode_seconds = (time.perf_counter() - start) / len(paths)
+        decoded = [image for image, _, _ in loaded]
         batches = [decoded[i:i + args.batch_size]
                    for i in range(0, len(decoded), args.batch_size)]
         times: Dict[str, List[float]] = {}
         for engine in engines:  # warm-up: first calls allocate
             predictors[engine].detect(batches[0])
+        post_seconds = _post_processing_seconds(predictors[engines[0]], decoded, loaded,
+                                                folder / "post")
         for _ in range(args.repeats):
             for engine in engines:
                 start = time.perf_counter()
@@ -133,7 +139,11 @@ def run(args: argparse.Namespace) -> dict:
           f"median of {args.repeats} interleaved rounds")
     print(f"{'run':<36}{'s':>8}{'pages/s':>9}{'vs forward':>12}")
     result: Dict[str, object] = {"pages": args.pages, "backbone": args.backbone,
-                                 "repeats": args.repeats, "page": f"{args.width}x{args.height}"}
+                                 "repeats": args.repeats, "page": f"{args.width}x{args.height}",
+                                 "decode s/page": decode_seconds,
+                                 "post-processing s/page": post_seconds}
+    print(f"{'decode one scan (main process)':<36}{decode_seconds:>8.3f}")
+    print(f"{'post-process + write one page':<36}{post_seconds:>8.3f}")
     for key, seconds in medians.items():
         engine = key.split()[0]
         ratio = seconds / medians[f"{engine} forward"]
@@ -142,3 +152,18 @@ def run(args: argparse.Namespace) -> dict:
         result[f"{key} pages/s"] = args.pages / seconds
         result[f"{key} ratio"] = ratio
     return result
+
+
+def _post_processing_seconds(predictor, decoded: List[torch.Tensor], loaded: list,
+                             folder: Path) -> float:
+    """Median seconds of masks -> polygons -> PAGE file for one page of the run."""
+    from maskdla.data.pagexml import write_page
+
+    seconds = []
+    for image, (_, original, name) in zip(decoded, loaded):
+        detection = predictor.detect([image])[0]
+        start = time.perf_counter()
+        page = predictor.to_page(detection, tuple(image.shape[-2:]), original, name)
+        write_page(page, folder / "page" / f"{Path(name).stem}.xml")
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
