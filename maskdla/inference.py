@@ -37,9 +37,9 @@ def raw_detections(model: torch.nn.Module, images: List[torch.Tensor], amp: bool
         model: a torchvision ``MaskRCNN`` in eval mode.
         images: Float[3, H, W] tensors in [0, 1] on the model's device.
         amp: run the backbone and RPN under autocast (float16 on CUDA, bfloat16 on CPU).
-            The RoI heads always run in float32: under autocast torchvision decodes the
-            boxes in half precision, 0.5-1 px steps at 800-1333 px, three times more once
-            scaled to the scan.
+            The RoI heads always run in float32, also inside a caller's autocast: under
+            autocast torchvision decodes the boxes in half precision, 0.5-1 px steps at
+            800-1333 px, three times more once scaled to the scan.
 
     Returns:
         per image ``boxes`` Float[N, 4] xyxy, ``labels``, ``scores`` in the pixels of the
@@ -56,5 +56,6 @@ def raw_detections(model: torch.nn.Module, images: List[torch.Tensor], amp: bool
         proposals, _ = model.rpn(image_list, features)
     features = {name: feature.float() for name, feature in features.items()}
     proposals = [boxes.float() for boxes in proposals]
-    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    with torch.autocast(device_type=device_type, enabled=False):
+        detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
     return detections, [tuple(size) for size in image_list.image_sizes]

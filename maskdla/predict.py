@@ -1,78 +1,48 @@
-"""``python -m maskdla.predict``: page images -> PAGE-XML (+ overlays, COCO results).
+"""``python -m maskdla.predict``: page images -> PAGE-XML / ALTO (+ overlays, COCO results).
 
 Command line::
 
-    python -m maskdla.predict CHECKPOINT INPUTS... --out DIR [--score-thresh 0.5]
-        [--overlap-thresh 0.5] [--no-merge-classes CLASS ...] [--largest-component-only]
-        [--simplify PX] [--min-area PX2] [--overlay] [--coco preds.json]
-        [--batch-size N] [--device D]
+    python -m maskdla.predict CHECKPOINT INPUTS... --out DIR [--recursive]
+        [--format page|alto|page,alto] [--skip-existing] [--workers N]
+        [--engine torch|onnxruntime] [--score-thresh 0.5] [--overlap-thresh 0.5]
+        [--no-merge-classes CLASS ...] [--largest-component-only] [--simplify PX]
+        [--min-area PX2] [--overlay] [--coco preds.json] [--batch-size N] [--device D]
 
-INPUTS are image files or folders (their ``*.jpg *.jpeg *.png *.tif *.tiff``, not
-recursive). For every image ``DIR/page/STEM.xml`` is written (PAGE 2019-07-15, the
-Transkribus layout: the XML in ``page/`` beside where the image would lie), with
-``--overlay`` also ``DIR/overlay/STEM.jpg``. An image that cannot be read is reported on
-one line and skipped; the exit code is 0 when every image went through, 1 when some
-failed, 2 for a bad checkpoint, flag or input path (nothing is predicted then).
-The pipeline per page is :class:`maskdla.prediction.Predictor`'s (docs/prediction.md).
+INPUTS are image files or folders (their ``*.jpg *.jpeg *.png *.tif *.tiff``; with
+``--recursive`` every subfolder too). The output tree mirrors the input tree: an image
+``FOLDER/a/b/x.jpg`` writes ``DIR/a/b/page/x.xml`` (``alto/`` for ALTO, ``overlay/x.jpg``
+with ``--overlay``). A page that fails is reported on one line, listed in
+``DIR/failures.txt``, and the others go on; ``DIR/manifest.json`` lists every page. The
+exit code is 0 when every image went through, 1 when some failed, 2 for a bad
+checkpoint, flag or input path (nothing is predicted then). The pipeline per page is
+:class:`maskdla.prediction.Predictor`'s (docs/prediction.md).
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import sys
+import time
+from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
-from tqdm import tqdm
-
-from maskdla.cli import non_negative_float, positive_int, run_main
-from maskdla.data.pagexml import write_page
+from maskdla.cli import non_negative_float, non_negative_int, positive_int, run_main
 from maskdla.errors import InputError
-from maskdla.files import write_json_atomic
+from maskdla.files import read_json, write_bytes_atomic, write_json_atomic
 from maskdla.prediction import (IMAGE_SUFFIXES, Predictor, detections_to_page,
                                 page_to_coco_results)
-from maskdla.prediction.overlay import save_overlay
+from maskdla.prediction.collection import (WRITERS, PageRecord, check_formats, find_images,
+                                           predict_collection)
+from maskdla.prediction.engines import ENGINES
 
 __all__ = ["Predictor", "detections_to_page", "page_to_coco_results", "find_images",
            "IMAGE_SUFFIXES", "main"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-
-
-
-def find_images(inputs: Sequence[PathLike]) -> List[Path]:
-    """Image files named or inside the folders named (not recursive), in the given order,
-    each folder sorted by name.
-
-    Raises:
-        InputError: a path that does not exist, a folder without images, a file that is
-            not an image by its suffix, or two images that would write the same
-            ``page/STEM.xml``.
-    """
-    images: List[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(path for path in item.iterdir()
-                           if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise InputError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in this folder", item)
-            images.extend(found)
-        elif item.is_file():
-            if item.suffix.lower() not in IMAGE_SUFFIXES:
-                raise InputError(f"not an image file (expected {' '.join(IMAGE_SUFFIXES)})",
-                                 item)
-            images.append(item)
-        else:
-            raise InputError("no such file or folder", item)
-    images = list(dict.fromkeys(images))
-    seen: Dict[str, Path] = {}
-    for path in images:
-        if path.stem in seen:
-            raise InputError(f"same output name page/{path.stem}.xml as {seen[path.stem]}", path)
-        seen[path.stem] = path
-    return images
+#: written into the output folder
+MANIFEST, FAILURES = "manifest.json", "failures.txt"
 
 
 def _unit_float(text: str) -> float:
@@ -87,13 +57,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m maskdla.predict",
         description="Predict the layout regions of page images and write PAGE-XML "
-                    "(DIR/page/STEM.xml per image). Exit code 0: all images done; 1: some "
-                    "images could not be read (reported, skipped); 2: bad checkpoint or flag.")
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a maskdla checkpoint (.pth)")
+                    "(DIR/page/STEM.xml per image, the input tree mirrored). Exit code 0: "
+                    "all images done; 1: some pages failed (reported, listed in "
+                    "DIR/failures.txt); 2: bad checkpoint, flag or input path.")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="a maskdla checkpoint (.pth); with --engine onnxruntime a model "
+                             "exported by python -m maskdla.export (.onnx)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help=f"image files or folders of images ({' '.join(IMAGE_SUFFIXES)})")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder: DIR/page/STEM.xml (and DIR/overlay/STEM.jpg)")
+                        help="output folder: DIR/<folders below the input>/page/STEM.xml")
+    parser.add_argument("--recursive", action="store_true",
+                        help="search the input folders' subfolders too; the output mirrors "
+                             "the input tree")
+    parser.add_argument("--format", default="page", metavar="page|alto|page,alto",
+                        help=f"what to write, comma-separated: {', '.join(WRITERS)} "
+                             "(default page): <mirrored>/page/STEM.xml, <mirrored>/alto/STEM.xml")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="resume: leave out images whose outputs all exist")
+    parser.add_argument("--workers", type=non_negative_int, default=2, metavar="N",
+                        help="DataLoader processes decoding images (default 2; 0: in the "
+                             "main process)")
+    parser.add_argument("--engine", choices=list(ENGINES), default="torch",
+                        help="torch (a checkpoint) or onnxruntime (an exported .onnx model, "
+                             "CPU; pip install 'maskdla[onnx]')")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="threads of the model (torch.set_num_threads, or onnxruntime's "
+                             "intra-op threads; default: the library's)")
     parser.add_argument("--score-thresh", type=_unit_float, default=0.5, metavar="S",
                         help="drop detections scoring below S (default 0.5)")
     parser.add_argument("--overlap-thresh", type=_unit_float, default=0.5, metavar="T",
@@ -126,78 +116,96 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _batches(paths: Sequence[Path], batch_size: int, predictor: Predictor,
-             executor: concurrent.futures.Executor
-             ) -> Iterator[List[Tuple[Path, "concurrent.futures.Future"]]]:
-    """Batches of (path, future of predictor.load(path)); the next batch is decoded in the
-    background while the current one runs through the model."""
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-
-    def submit(chunk: Sequence[Path]) -> List[Tuple[Path, "concurrent.futures.Future"]]:
-        return [(path, executor.submit(predictor.load, path)) for path in chunk]
-
-    pending = submit(chunks[0]) if chunks else []
-    for number in range(len(chunks)):
-        current = pending
-        if number + 1 < len(chunks):
-            pending = submit(chunks[number + 1])
-        yield current
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    paths = find_images(args.inputs)
-    image_ids = {path: number for number, path in enumerate(paths, 1)}
+    formats = check_formats(args.format)
     out = Path(args.out)
+    images = find_images(args.inputs, recursive=args.recursive, exclude=out)
     if args.coco and Path(args.coco).is_dir():
         raise InputError("--coco must name a file, not a folder", args.coco)
     try:
-        (out / "page").mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"--out: cannot create the output folder ({error.strerror})",
                          out) from None
+    if args.threads and args.engine == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
     predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh,
                           overlap_thresh=args.overlap_thresh,
                           no_merge_classes=args.no_merge_classes, tolerance=args.simplify,
                           min_area=args.min_area, largest_only=args.largest_component_only,
-                          mask_thresh=args.mask_thresh, max_detections=args.max_detections)
-    failed: List[Path] = []
-    coco_results: List[dict] = []
-    regions = 0
-    progress = tqdm(total=len(paths), unit="image", desc="predict", file=sys.stderr)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as executor:
-        for batch in _batches(paths, args.batch_size, predictor, executor):
-            loaded = []
-            for path, future in batch:
-                try:
-                    loaded.append((path, future.result()))
-                except InputError as error:
-                    failed.append(path)
-                    progress.write(f"maskdla: skipped: {error}", file=sys.stderr)
-                    progress.update(1)
-            detections = predictor.detect([tensor for _, (tensor, _, _) in loaded])
-            for (path, (tensor, original, name)), detection in zip(loaded, detections):
-                page = predictor.to_page(detection, tuple(tensor.shape[-2:]), original, name)
-                write_page(page, out / "page" / f"{path.stem}.xml")
-                regions += len(page.regions)
-                if args.overlay:
-                    try:
-                        save_overlay(path, page, predictor.classes,
-                                     out / "overlay" / f"{path.stem}.jpg")
-                    except InputError as error:  # decodable at model size, not in full
-                        failed.append(path)
-                        progress.write(f"maskdla: overlay skipped: {error}", file=sys.stderr)
-                if args.coco:
-                    coco_results.extend(page_to_coco_results(page, image_ids[path],
-                                                             predictor.classes))
-                progress.update(1)
-    progress.close()
-    if args.coco:
+                          mask_thresh=args.mask_thresh, max_detections=args.max_detections,
+                          engine=args.engine, threads=args.threads)
+    coco_results: Optional[List[dict]] = [] if args.coco else None
+    start = time.perf_counter()
+    records = predict_collection(predictor, images, out, formats=formats,
+                                 batch_size=args.batch_size, workers=args.workers,
+                                 skip_existing=args.skip_existing, overlay=args.overlay,
+                                 coco=coco_results)
+    seconds = time.perf_counter() - start
+    if coco_results is not None:
         write_json_atomic(args.coco, coco_results)
-    done = len(paths) - len(set(failed))
-    print(f"{done} of {len(paths)} images -> {out / 'page'} ({regions} regions)"
-          + (f"; {len(set(failed))} failed" if failed else ""), file=sys.stderr)
+    failed = [record for record in records if record.status == "failed"]
+    _write_failures(out / FAILURES, failed)
+    _write_manifest(out / MANIFEST, predictor, args, formats, records, seconds)
+    print(summary_line(records, seconds, out), file=sys.stderr)
     return 1 if failed else 0
+
+
+def summary_line(records: Sequence[PageRecord], seconds: float, out: Path) -> str:
+    """The run in one line: pages, regions per class, failures, pages/s."""
+    count = Counter(record.status for record in records)
+    classes: Counter = Counter()
+    for record in records:
+        classes.update(record.classes)
+    regions = ", ".join(f"{name} {number}" for name, number in sorted(classes.items()))
+    rate = count["predicted"] / seconds if seconds > 0 else 0.0
+    return (f"{len(records)} pages -> {out}: {count['predicted']} predicted, "
+            f"{count['skipped']} skipped, {count['failed']} failed; "
+            f"{sum(classes.values())} regions ({regions or 'none'}); {rate:.2f} pages/s")
+
+
+def _write_failures(path: Path, failed: Sequence[PageRecord]) -> None:
+    """One line per failed page (``PATH: problem``); no file when nothing failed (an old
+    one from a run being resumed is removed: its pages were tried again)."""
+    if failed:
+        write_bytes_atomic(path, "".join(f"{record.error}\n" for record in failed)
+                           .encode("utf-8"))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _write_manifest(path: Path, predictor: Predictor, args: argparse.Namespace,
+                    formats: Sequence[str], records: Sequence[PageRecord],
+                    seconds: float) -> None:
+    """manifest.json: the checkpoint, the settings and every page (a skipped page keeps
+    the regions and seconds an earlier run's manifest recorded for it)."""
+    earlier = {}
+    if args.skip_existing and path.is_file():
+        try:
+            earlier = {page["file"]: page for page in read_json(path, "manifest")["pages"]
+                       if page.get("status") == "predicted"}
+        except (InputError, KeyError, TypeError):
+            earlier = {}  # an unreadable old manifest only costs the old figures
+    pages = []
+    for record in records:
+        entry = {"file": record.file, "status": record.status, "regions": record.regions,
+                 "seconds": record.seconds}
+        if record.status == "skipped" and record.file in earlier:
+            entry.update(regions=earlier[record.file].get("regions"),
+                         seconds=earlier[record.file].get("seconds"))
+        if record.error:
+            entry["error"] = record.error
+        pages.append(entry)
+    settings = {key: value for key, value in vars(args).items()
+                if key not in ("checkpoint", "inputs")}
+    write_json_atomic(path, {
+        "checkpoint": str(Path(args.checkpoint).resolve()), "engine": args.engine,
+        "classes": predictor.classes, "inputs": [str(Path(item).resolve()) for item in args.inputs],
+        "formats": list(formats), "settings": settings, "seconds": round(seconds, 3),
+        "pages": pages})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from shapely.geometry import Polygon
 
@@ -144,8 +144,8 @@ def test_find_images(tmp_path):
         (folder / name).write_bytes(b"x")
     single = tmp_path / "d.jpeg"
     single.write_bytes(b"x")
-    assert [p.name for p in find_images([folder, single])] == ["a.png", "b.JPG", "c.tiff",
-                                                               "d.jpeg"]
+    assert [image.path.name for image in find_images([folder, single])] == [
+        "a.png", "b.JPG", "c.tiff", "d.jpeg"]
     with pytest.raises(InputError, match="no such file"):
         find_images([tmp_path / "missing.jpg"])
     with pytest.raises(InputError, match="not an image"):
@@ -249,3 +249,68 @@ def test_cli_process_exit_code_and_one_line_errors(checkpoint_path, images, tmp_
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("maskdla: error:")
+
+
+# ---------------------------------------------------------------- autocast and EXIF
+
+
+def test_amp_runs_the_backbone_in_half_and_the_heads_in_float32(checkpoint_path, images):
+    """Predictor(amp=True) on the CPU: bfloat16 for the backbone, float32 RoI heads."""
+    predictor = Predictor(checkpoint_path, device="cpu", score_thresh=0.0, max_detections=5,
+                          amp=True)
+    seen = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            value = output if isinstance(output, torch.Tensor) else next(iter(output.values()))
+            seen[name] = value.dtype
+        return record
+
+    handles = [predictor.model.backbone.register_forward_hook(hook("backbone")),
+               predictor.model.roi_heads.box_head.register_forward_hook(hook("box_head")),
+               predictor.model.roi_heads.mask_head.register_forward_hook(hook("mask_head"))]
+    try:
+        tensor, _, _ = predictor.load(images / "p1.png")
+        predictor.detect([tensor])
+        # also under an autocast of the caller's, the heads stay float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            predictor.detect([tensor])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == {"backbone": torch.bfloat16, "box_head": torch.float32,
+                    "mask_head": torch.float32}
+
+
+def _rotated_jpeg(path, orientation):
+    """A 120 x 70 px (stored) JPEG whose EXIF says how to show it; top-left quarter dark."""
+    pixels = np.full((70, 120, 3), 230, np.uint8)
+    pixels[:35, :60] = 20
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_exif_rotated_scans_are_predicted_as_displayed(checkpoint_path, tmp_path, orientation):
+    from maskdla.data.image import displayed_size
+
+    path = tmp_path / "rotated.jpg"
+    _rotated_jpeg(path, orientation)
+    assert displayed_size(path) == (70, 120)
+    predictor = Predictor(checkpoint_path, device="cpu", score_thresh=0.0, max_detections=5)
+    tensor, original, _ = predictor.load(path)
+    assert original == (120, 70) and tensor.shape[1] > tensor.shape[2]  # portrait, as shown
+    with Image.open(path) as opened:
+        shown = ImageOps.exif_transpose(opened)
+        expected, _, _ = predictor.load(torch.from_numpy(np.array(shown)).permute(2, 0, 1))
+        from_pil, _, _ = predictor.load(opened)
+    assert (tensor - expected).abs().mean() < 0.02  # the same page, not a rotated one
+    assert (from_pil - expected).abs().mean() < 0.02
+    for mirrored in (expected.flip(-1), expected.flip(-2)):  # any other way round differs
+        assert (tensor - mirrored).abs().mean() > 0.2
+    out = tmp_path / "out"
+    assert main([str(checkpoint_path), str(path), "--out", str(out), "--workers", "0",
+                 "--max-detections", "5"]) == 0
+    page = read_page(out / "page" / "rotated.xml")
+    assert (page.width, page.height) == (70, 120)

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "loader": "maskdla.bench.loader",
     "eval": "maskdla.bench.eval",
     "predict": "maskdla.bench.predict",
+    "predict-pages": "maskdla.bench.predict_pages",
     "train": "maskdla.bench.train",
     "energy": "maskdla.bench.energy",
 }

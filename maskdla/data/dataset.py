@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Sampler
 
+from maskdla.data.image import SWAPS_SIDES, orientation_transpose
 from maskdla.data.coco import folder_to_coco, load_coco
 from maskdla.data.reading import RepairReport, map_label
 from maskdla.data.resize import training_size
@@ -48,14 +49,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 Target = Dict[str, torch.Tensor]
 ClassMap = Mapping[str, Optional[str]]
 
-_EXIF_ORIENTATION = 0x0112
-#: EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose)
-_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-                   8: Image.Transpose.ROTATE_90}
-_SWAPS_SIDES = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
-                Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90)
 
 
 class _Instance:
@@ -261,8 +254,8 @@ def decode_image(path: Path, width: int, height: int, original: Tuple[int, int],
     """
     try:
         with Image.open(path) as image:  # reads the header only
-            transpose = _EXIF_TRANSPOSE.get(image.getexif().get(_EXIF_ORIENTATION, 1))
-            swapped = transpose in _SWAPS_SIDES
+            transpose = orientation_transpose(image)
+            swapped = transpose in SWAPS_SIDES
             shown = image.size[::-1] if swapped else image.size
             if shown != original:
                 raise InputError(f"image is {shown[0]}x{shown[1]} px but its annotations are "

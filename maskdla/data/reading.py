@@ -24,6 +24,7 @@ import shapely
 from PIL import Image
 from shapely.geometry import Polygon, box
 
+from maskdla.data.image import displayed_size
 from maskdla.data.page import Point
 from maskdla.errors import InputError
 
@@ -343,11 +344,10 @@ def image_header(image_path: Path) -> Tuple[int, int, Optional[Tuple[float, floa
     reading only the header. A resolution of 1 dpi or less counts as none."""
     try:
         with Image.open(image_path) as image:
-            width, height = image.size
+            width, height = displayed_size(image)
             dpi = image.info.get("dpi")
-            if image.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
-                width, height = height, width
-                dpi = dpi[::-1] if dpi else dpi
+            if dpi and (width, height) != image.size:  # shown rotated by 90 or 270 degrees
+                dpi = dpi[::-1]
     except (OSError, ValueError) as error:
         raise InputError(f"cannot read the image header ({error})", image_path) from None
     try:

@@ -8,6 +8,7 @@
 The command line is ``python -m maskdla.predict`` (:mod:`maskdla.predict`).
 """
 from maskdla.prediction.predictor import (IMAGE_SUFFIXES, Predictor, detections_to_page,
-                                          page_to_coco_results)
+                                          load_image, page_to_coco_results)
 
-__all__ = ["IMAGE_SUFFIXES", "Predictor", "detections_to_page", "page_to_coco_results"]
+__all__ = ["IMAGE_SUFFIXES", "Predictor", "detections_to_page", "load_image",
+           "page_to_coco_results"]

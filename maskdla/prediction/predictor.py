@@ -5,8 +5,10 @@ The pipeline per page (see docs/prediction.md):
 
 1. the image is decoded and resized with the training rule
    (:func:`maskdla.data.resize.training_size` at the checkpoint's last ``min_size``);
-2. the model runs batched (float16 autocast on CUDA) up to its mask head: boxes, labels,
-   scores and each detection's 28 x 28 mask probabilities, never pasted into the page;
+2. an engine (:mod:`maskdla.prediction.engines`: PyTorch, or an exported model in
+   onnxruntime) runs the model batched up to its mask head (float16 autocast for the
+   backbone on CUDA): boxes, labels, scores and each detection's 28 x 28 mask
+   probabilities, never pasted into the page;
 3. :mod:`maskdla.prediction.vectorize` traces the masks into polygons at the original resolution
    (one region per connected component, holes dropped, simplified, clipped to the page),
    merges overlapping regions and orders them top to bottom, left to right;
@@ -21,19 +23,21 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
-from maskdla.checkpoint import load_model
 from maskdla.evaluation.results import scale_boxes
 from maskdla.data.dataset import decode_image
+from maskdla.data.image import displayed_size
 from maskdla.data.page import Page, Region
 from maskdla.data.resize import training_size
 from maskdla.errors import InputError
-from maskdla.inference import raw_detections, resolve_device, test_size
+from maskdla.inference import resolve_device
+from maskdla.prediction.engines import ENGINES
 from maskdla.prediction.vectorize import (instance_masks_to_polygons, merge_overlaps,
                                          reading_order, snap_to_pixels)
 
-__all__ = ["Predictor", "detections_to_page", "page_to_coco_results", "IMAGE_SUFFIXES"]
+__all__ = ["Predictor", "detections_to_page", "page_to_coco_results", "load_image",
+           "IMAGE_SUFFIXES"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: what :meth:`Predictor.predict` takes: a file, a PIL image or a CHW tensor
@@ -166,10 +170,15 @@ class Predictor:
         mask_thresh: mask probability from which a pixel belongs to a region.
         max_detections: at most this many detections per image (default: the model's,
             torchvision's 100).
-        amp: float16 autocast; default on for CUDA, off otherwise.
+        amp: autocast for the backbone and RPN (float16 on CUDA, bfloat16 on the CPU;
+            the RoI heads stay float32); default on for CUDA, off otherwise.
+        engine: a row of :data:`maskdla.prediction.engines.ENGINES`: ``torch`` (a
+            checkpoint) or ``onnxruntime`` (``checkpoint`` is then a model exported by
+            ``python -m maskdla.export``, which carries the classes and sizes).
+        threads: onnxruntime's intra-op threads (default: its own, all cores).
 
     Raises:
-        InputError: an unusable checkpoint, device or class name.
+        InputError: an unusable checkpoint, device, engine or class name.
     """
 
     def __init__(self, checkpoint: Union[PathLike, Dict[str, Any]],
@@ -177,26 +186,36 @@ class Predictor:
                  overlap_thresh: float = 0.5, no_merge_classes: Sequence[str] = (),
                  tolerance: float = 1.0, min_area: float = 0.0, largest_only: bool = False,
                  mask_thresh: float = 0.5, max_detections: Optional[int] = None,
-                 amp: Optional[bool] = None):
+                 amp: Optional[bool] = None, engine: str = "torch",
+                 threads: Optional[int] = None):
+        if device is None and engine != "torch":
+            device = "cpu"  # the exported engines run on the CPU
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.model, self.checkpoint = load_model(checkpoint, self.device)
-        self.classes: List[str] = list(self.checkpoint["classes"])
-        unknown = [name for name in no_merge_classes if name not in self.classes]
-        if unknown:
-            raise InputError(f"unknown class(es) {', '.join(unknown)} to exempt from merging; "
-                             f"the model's classes are {', '.join(self.classes)}")
         for name, value in (("score_thresh", score_thresh), ("overlap_thresh", overlap_thresh),
                             ("mask_thresh", mask_thresh)):
             if not 0 <= value <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {value}")
-        self.min_size, self.max_size = test_size(self.checkpoint["config"])
-        # the model drops boxes at its own threshold (0.05) before the mask head runs
-        self.model.roi_heads.score_thresh = score_thresh
-        if max_detections is not None:
-            if max_detections < 1:
-                raise InputError(f"max_detections must be >= 1, got {max_detections}")
-            self.model.roi_heads.detections_per_img = max_detections
+        if max_detections is not None and max_detections < 1:
+            raise InputError(f"max_detections must be >= 1, got {max_detections}")
         self.amp = self.device.type == "cuda" if amp is None else amp
+        if engine == "torch":
+            self.engine = ENGINES[engine](checkpoint, self.device, score_thresh,
+                                          max_detections, self.amp)
+        elif engine in ENGINES:
+            if self.device.type != "cpu":
+                raise InputError(f"--engine {engine} runs on the CPU; drop --device")
+            self.engine = ENGINES[engine](checkpoint, score_thresh, max_detections, threads)
+        else:
+            raise InputError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
+        #: the PyTorch model (None for an exported one)
+        self.model = getattr(self.engine, "model", None)
+        self.checkpoint = self.engine.checkpoint
+        self.classes: List[str] = list(self.engine.classes)
+        self.min_size, self.max_size = self.engine.min_size, self.engine.max_size
+        unknown = [name for name in no_merge_classes if name not in self.classes]
+        if unknown:
+            raise InputError(f"unknown class(es) {', '.join(unknown)} to exempt from merging; "
+                             f"the model's classes are {', '.join(self.classes)}")
         self.options = dict(score_thresh=score_thresh, mask_thresh=mask_thresh,
                             overlap_thresh=overlap_thresh,
                             no_merge_classes=tuple(no_merge_classes), tolerance=tolerance,
@@ -215,21 +234,11 @@ class Predictor:
         if isinstance(image, torch.Tensor):
             return self._load_tensor(image), tuple(image.shape[-2:]), ""
         if isinstance(image, Image.Image):
-            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
             name = Path(getattr(image, "filename", "") or "").name
-            return self._load_tensor(pixels), (image.height, image.width), name
-        path = Path(image)
-        try:
-            with Image.open(path) as opened:
-                size = opened.size
-        except FileNotFoundError:
-            raise InputError("image file not found", path) from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise InputError(f"cannot read the image ({error})", path) from None
-        height, width = training_size(size[1], size[0], self.min_size, self.max_size)
-        # the Dataset's decoder: the very pixels the model was trained on
-        pixels = decode_image(path, width, height, size)
-        return _to_float_chw(pixels), (size[1], size[0]), path.name
+            shown = ImageOps.exif_transpose(image)  # the page as displayed
+            pixels = torch.from_numpy(np.array(shown.convert("RGB"))).permute(2, 0, 1)
+            return self._load_tensor(pixels), (shown.height, shown.width), name
+        return load_image(image, self.min_size, self.max_size)
 
     def _load_tensor(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 3 or image.shape[0] not in (1, 3) or min(image.shape[1:]) < 1:
@@ -254,19 +263,7 @@ class Predictor:
         """
         if not images:
             return []
-        batch = [image.to(self.device, non_blocking=True) for image in images]
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            detections, input_sizes = raw_detections(self.model, batch)
-        result = []
-        for detection, image, input_size in zip(detections, images, input_sizes):
-            detection = {key: value.float().cpu() if value.is_floating_point() else value.cpu()
-                         for key, value in detection.items()}
-            # the model's transform leaves images at the training size alone, so this is
-            # 1 for images from load(); it is not for images of another size
-            detection["boxes"] = scale_boxes(detection["boxes"], input_size,
-                                              tuple(image.shape[-2:]))
-            result.append(detection)
-        return result
+        return self.engine(images)
 
     def to_page(self, detection: Dict[str, torch.Tensor], input_size: Tuple[int, int],
                 original_size: Tuple[int, int], image_filename: str = "") -> Page:
@@ -287,6 +284,25 @@ class Predictor:
         detections = self.detect([tensor for tensor, _, _ in loaded])
         return [self.to_page(detection, tuple(tensor.shape[-2:]), original, name)
                 for detection, (tensor, original, name) in zip(detections, loaded)]
+
+
+def load_image(image: PathLike, min_size: int, max_size: int
+               ) -> Tuple[torch.Tensor, Tuple[int, int], str]:
+    """An image file as displayed (EXIF orientation applied), at the model's size.
+
+    Returns:
+        ``(image Float[3, h, w] in [0, 1], (H0, W0) displayed size, file name)``; h, w
+        follow the training rule (:func:`maskdla.data.resize.training_size`).
+
+    Raises:
+        InputError: a file that is missing or cannot be decoded.
+    """
+    path = Path(image)
+    width, height = displayed_size(path)
+    target_height, target_width = training_size(height, width, min_size, max_size)
+    # the Dataset's decoder: the very pixels the model was trained on
+    pixels = decode_image(path, target_width, target_height, (width, height))
+    return _to_float_chw(pixels), (height, width), path.name
 
 
 def _to_float_chw(pixels: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:

@@ -1,0 +1,340 @@
+"""Prediction over a collection: nested folders of scans, resumable, decoded in workers.
+
+* :func:`find_images` lists the images of files and folders (``recursive``: the whole
+  tree), each with its place in the output tree (its path below the input folder);
+* :class:`PageImages` decodes them in DataLoader workers (a failed decode is a record,
+  not an exception, so one broken scan never stops the loader);
+* :func:`predict_collection` runs the model batch by batch, writes each page with the
+  writers of :data:`WRITERS` (``OUT/<mirrored folders>/page/STEM.xml``, ``.../alto/``),
+  skips finished pages on request and records every page for the manifest.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from tqdm import tqdm
+
+from maskdla.data.alto import write_alto
+from maskdla.data.layout import read_layout
+from maskdla.data.page import Page
+from maskdla.data.pagexml import write_page
+from maskdla.errors import InputError
+from maskdla.prediction.overlay import save_overlay
+from maskdla.prediction.predictor import (IMAGE_SUFFIXES, Predictor, load_image,
+                                          page_to_coco_results)
+
+__all__ = ["InputImage", "find_images", "PageImages", "LoadedPage", "collate_pages",
+           "WRITERS", "check_formats", "PageRecord", "predict_collection"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class InputImage(NamedTuple):
+    """An image to predict and its place in the output tree.
+
+    Attributes:
+        path: the image file.
+        relative: its path below the input folder it was found in (its name for an image
+            named directly); the outputs go to ``OUT / relative.parent / KIND / STEM``.
+    """
+
+    path: Path
+    relative: Path
+
+    def output(self, out: Path, kind: str, suffix: str = ".xml") -> Path:
+        """Where this image's output of ``kind`` (``page``, ``alto``, ``overlay``) goes."""
+        return out / self.relative.parent / kind / f"{self.relative.stem}{suffix}"
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def find_images(inputs: Sequence[PathLike], recursive: bool = False,
+                exclude: Optional[PathLike] = None) -> List[InputImage]:
+    """Image files named or inside the folders named, in the given order, each folder
+    sorted by relative path; ``recursive`` searches every subfolder too (hidden ones
+    excepted). Files below ``exclude`` (the output folder) are left out.
+
+    Raises:
+        InputError: a path that does not exist, a folder without images, a file that is
+            not an image by its suffix, or two images that would write the same output.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    images: List[InputImage] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            candidates = item.rglob("*") if recursive else item.iterdir()
+            found = []
+            for path in candidates:
+                relative = path.relative_to(item)
+                if (any(part.startswith(".") for part in relative.parts) or not _is_image(path)
+                        or (skip is not None and skip in path.resolve().parents)):
+                    continue
+                found.append(InputImage(path, relative))
+            if not found:
+                where = "this folder or below" if recursive else "this folder"
+                raise InputError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in {where}", item)
+            images.extend(sorted(found, key=lambda image: image.relative.as_posix()))
+        elif item.is_file():
+            if item.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(f"not an image file (expected {' '.join(IMAGE_SUFFIXES)})",
+                                 item)
+            images.append(InputImage(item, Path(item.name)))
+        else:
+            raise InputError("no such file or folder", item)
+    unique: Dict[Path, InputImage] = {}
+    for image in images:  # a file found twice (a folder and a file in it) counts once
+        unique.setdefault(image.path.resolve(), image)
+    images = list(unique.values())
+    seen: Dict[Path, Path] = {}
+    for image in images:
+        key = image.relative.parent / image.relative.stem
+        if key in seen:
+            raise InputError(f"same output name {image.relative.parent / 'page' / key.name}.xml "
+                             f"as {seen[key]}", image.path)
+        seen[key] = image.path
+    return images
+
+
+# --------------------------------------------------------------------------------------
+# Decoding in DataLoader workers
+
+
+class LoadedPage(NamedTuple):
+    """One decoded image, or why it could not be decoded.
+
+    Attributes:
+        index: its position in the list of images.
+        image: Float[3, h, w] in [0, 1] at the model's size (None when it failed).
+        original: (H0, W0) displayed size of the file.
+        name: the file name (PAGE's imageFilename).
+        error: the one-line problem, None when decoded.
+        seconds: the time decoding took (in its worker).
+    """
+
+    index: int
+    image: Optional[torch.Tensor]
+    original: Tuple[int, int]
+    name: str
+    error: Optional[str]
+    seconds: float
+
+
+class PageImages(torch.utils.data.Dataset):
+    """Image files decoded at the model's size (:func:`maskdla.prediction.load_image`).
+
+    An item is a :class:`LoadedPage`; an image that cannot be decoded gives one with
+    ``error`` set instead of raising, so that the DataLoader goes on.
+    """
+
+    def __init__(self, paths: Sequence[Path], min_size: int, max_size: int):
+        self.paths, self.min_size, self.max_size = list(paths), min_size, max_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> LoadedPage:
+        path = self.paths[index]
+        start = time.perf_counter()
+        try:
+            image, original, name = load_image(path, self.min_size, self.max_size)
+            error = None
+        except InputError as failure:
+            image, original, name, error = None, (0, 0), path.name, str(failure)
+        except Exception as failure:  # a decoder's own error type: still one page's problem
+            image, original, name = None, (0, 0), path.name
+            error = f"{path}: cannot read the image ({type(failure).__name__}: {failure})"
+        return LoadedPage(index, image, original, name, error, time.perf_counter() - start)
+
+
+def collate_pages(batch: List[LoadedPage]) -> List[LoadedPage]:
+    """DataLoader collate of :class:`PageImages`: pages differ in size, so a batch stays a
+    list (the model's transform pads them into one tensor)."""
+    return batch
+
+
+# --------------------------------------------------------------------------------------
+# Writers
+
+
+#: ``--format`` name -> writer(page, path); the output goes to ``<mirrored>/NAME/STEM.xml``
+WRITERS: Dict[str, Callable[[Page, Path], None]] = {
+    "page": write_page,
+    "alto": write_alto,
+}
+
+
+def check_formats(text: str) -> Tuple[str, ...]:
+    """``--format page,alto`` -> ("page", "alto"); an unknown or unavailable format is an
+    InputError."""
+    formats = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in formats if name not in WRITERS]
+    if unknown or not formats:
+        raise InputError(f"--format: unknown format {','.join(unknown) or text!r} "
+                         f"(one or more of {', '.join(WRITERS)}, comma-separated)")
+    return formats
+
+
+# --------------------------------------------------------------------------------------
+# The run
+
+
+@dataclasses.dataclass
+class PageRecord:
+    """One image of the run, as the manifest lists it."""
+
+    file: str
+    status: str  # predicted, skipped (finished before) or failed
+    regions: Optional[int] = None
+    seconds: Optional[float] = None
+    error: Optional[str] = None
+    classes: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: Path, *,
+                       formats: Sequence[str] = ("page",), batch_size: int = 2,
+                       workers: int = 2, skip_existing: bool = False, overlay: bool = False,
+                       coco: Optional[List[dict]] = None, progress: bool = True
+                       ) -> List[PageRecord]:
+    """Predict every image and write its outputs; returns one record per image.
+
+    Args:
+        predictor: the model and post-processing settings.
+        images: from :func:`find_images`.
+        out: the output root (the input tree is mirrored below it).
+        formats: rows of :data:`WRITERS`.
+        batch_size: images per model batch.
+        workers: DataLoader worker processes decoding the images (0: in this process).
+        skip_existing: an image whose outputs all exist is not predicted again (files are
+            written atomically, so an existing file is a complete one).
+        overlay: also draw ``<mirrored>/overlay/STEM.jpg``.
+        coco: when a list, COCO results of every page are appended to it (image ids: the
+            position in ``images`` from 1; a skipped page's are read back from its PAGE or ALTO file).
+
+    A page that fails (decoding, model, post-processing or writing) is recorded as failed
+    with its one-line error and reported on stderr; the others go on.
+    """
+    records: List[Optional[PageRecord]] = [None] * len(images)
+    todo = []
+    for index, image in enumerate(images):
+        if skip_existing and _finished(image, out, formats, overlay):
+            records[index] = PageRecord(str(image.path), "skipped")
+            if coco is not None:
+                coco.extend(_coco_of_written(image.output(out, formats[0]), index + 1,
+                                             predictor.classes))
+        else:
+            todo.append(index)
+    bar = tqdm(total=len(todo), unit="page", desc="predict", file=sys.stderr,
+               disable=not progress)
+
+    def fail(index: int, error: str, seconds: float = 0.0) -> None:
+        records[index] = PageRecord(str(images[index].path), "failed", seconds=seconds,
+                                    error=error)
+        bar.write(f"maskdla: failed: {error}", file=sys.stderr)
+
+    loader = torch.utils.data.DataLoader(
+        PageImages([images[index].path for index in todo], predictor.min_size,
+                   predictor.max_size),
+        batch_size=batch_size, num_workers=workers, collate_fn=collate_pages,
+        pin_memory=predictor.device.type == "cuda", prefetch_factor=2 if workers else None)
+    pending: List[Tuple[int, LoadedPage, float, "concurrent.futures.Future"]] = []
+
+    def finish(count: int) -> None:
+        """Collect the first ``count`` pages being post-processed, in order."""
+        for index, loaded, model_share, future in pending[:count]:
+            error, page, seconds = future.result()
+            seconds += loaded.seconds + model_share
+            if error is not None:
+                fail(index, error, seconds)
+            else:
+                records[index] = PageRecord(
+                    str(images[index].path), "predicted", len(page.regions), round(seconds, 4),
+                    classes=dict(Counter(region.label for region in page.regions)))
+                if coco is not None:
+                    coco.extend(page_to_coco_results(page, index + 1, predictor.classes))
+            bar.update(1)
+        del pending[:count]
+
+    # post-processing runs in a thread while the model runs the next batch (a GPU would
+    # otherwise wait for it); one thread keeps the pages' files in order
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as post:
+        for batch in loader:
+            for loaded in batch:
+                if loaded.error is not None:
+                    fail(todo[loaded.index], loaded.error, loaded.seconds)
+                    bar.update(1)
+            batch = [loaded for loaded in batch if loaded.error is None]
+            start = time.perf_counter()
+            try:
+                detections = predictor.detect([loaded.image for loaded in batch])
+            except Exception as error:  # e.g. out of memory on a huge page: this batch only
+                for loaded in batch:
+                    path = images[todo[loaded.index]].path
+                    fail(todo[loaded.index], f"{path}: the model failed "
+                                             f"({type(error).__name__}: {error})".splitlines()[0])
+                bar.update(len(batch))
+                continue
+            model_share = (time.perf_counter() - start) / max(len(batch), 1)
+            previous = len(pending)
+            for loaded, detection in zip(batch, detections):
+                index = todo[loaded.index]
+                pending.append((index, loaded, model_share, post.submit(
+                    _post_process, predictor, images[index], loaded, detection, out, formats,
+                    overlay)))
+            finish(previous)
+        finish(len(pending))
+    bar.close()
+    return [record for record in records if record is not None]
+
+
+def _post_process(predictor: Predictor, image: InputImage, loaded: LoadedPage,
+                  detection: Dict[str, torch.Tensor], out: Path, formats: Sequence[str],
+                  overlay: bool) -> Tuple[Optional[str], Optional[Page], float]:
+    """:func:`_write_outputs` -> (one-line error or None, page, seconds); never raises."""
+    start = time.perf_counter()
+    try:
+        page = _write_outputs(predictor, image, loaded, detection, out, formats, overlay)
+    except Exception as error:
+        message = str(error) if isinstance(error, InputError) else (
+            f"{image.path}: {type(error).__name__}: {error}")
+        return message.splitlines()[0], None, time.perf_counter() - start
+    return None, page, time.perf_counter() - start
+
+
+def _outputs(image: InputImage, out: Path, formats: Sequence[str], overlay: bool
+             ) -> List[Path]:
+    paths = [image.output(out, kind) for kind in formats]
+    return paths + ([image.output(out, "overlay", ".jpg")] if overlay else [])
+
+
+def _finished(image: InputImage, out: Path, formats: Sequence[str], overlay: bool) -> bool:
+    return all(path.is_file() for path in _outputs(image, out, formats, overlay))
+
+
+def _write_outputs(predictor: Predictor, image: InputImage, loaded: LoadedPage,
+                   detection: Dict[str, torch.Tensor], out: Path, formats: Sequence[str],
+                   overlay: bool) -> Page:
+    """Post-process one page and write its files; the overlay last, so that a page whose
+    files all exist is a finished page."""
+    page = predictor.to_page(detection, tuple(loaded.image.shape[-2:]), loaded.original,
+                             loaded.name)
+    for kind in formats:
+        WRITERS[kind](page, image.output(out, kind))
+    if overlay:
+        save_overlay(image.path, page, predictor.classes, image.output(out, "overlay", ".jpg"))
+    return page
+
+
+def _coco_of_written(written: Path, image_id: int, classes: Sequence[str]) -> List[dict]:
+    """COCO results of a page finished by an earlier run, read back from its PAGE or ALTO
+    file."""
+    return page_to_coco_results(read_layout(written), image_id, classes)

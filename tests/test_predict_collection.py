@@ -1,0 +1,165 @@
+"""Prediction over collections: recursive inputs, mirrored output, resuming, failures,
+manifest and the writers table."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskdla.bench.predict import CLASSES
+from maskdla.data.pagexml import read_page
+from maskdla.errors import InputError
+from maskdla.model import build_model
+from maskdla.predict import main
+from maskdla.prediction.collection import (WRITERS, PageImages, check_formats, collate_pages,
+                                           find_images)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128)
+    config = {"backbone": "vovnet19slim", "norm": None, "min_size": [64], "max_size": 128,
+              "classes": list(CLASSES)}
+    path = tmp_path_factory.mktemp("model") / "tiny.pth"
+    torch.save({"model": model.state_dict(), "config": config, "classes": list(CLASSES)}, path)
+    return path
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    """scans/a.png, scans/box1/b.jpg, scans/box1/folder/c.png, scans/box2/broken.jpg"""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "scans"
+    for relative, size in (("a.png", (96, 70)), ("box1/b.jpg", (80, 100)),
+                           ("box1/folder/c.png", (120, 90))):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(path)
+    (root / "box2").mkdir()
+    (root / "box2" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a JPEG")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "d.png").write_bytes((root / "a.png").read_bytes())
+    return root
+
+
+def test_find_images_recursive_mirrors_the_tree(tree, tmp_path):
+    flat = find_images([tree])
+    assert [image.relative.as_posix() for image in flat] == ["a.png"]
+    deep = find_images([tree], recursive=True)
+    assert [image.relative.as_posix() for image in deep] == [
+        "a.png", "box1/b.jpg", "box1/folder/c.png", "box2/broken.jpg"]
+    out = tmp_path / "out"
+    assert deep[2].output(out, "page") == out / "box1" / "folder" / "page" / "c.xml"
+    # an output folder inside the input tree is not searched
+    (tree / "out" / "overlay").mkdir(parents=True)
+    (tree / "out" / "overlay" / "a.jpg").write_bytes(b"x")
+    assert len(find_images([tree], recursive=True, exclude=tree / "out")) == 4
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "p.png").write_bytes((tree / "a.png").read_bytes())
+    with pytest.raises(InputError, match="same output name"):
+        find_images([tmp_path / "x", tmp_path / "y"])
+
+
+def test_decoding_in_workers_reports_broken_images_as_records(tree):
+    paths = [image.path for image in find_images([tree], recursive=True)]
+    loader = torch.utils.data.DataLoader(PageImages(paths, 64, 128), batch_size=3,
+                                         num_workers=2, collate_fn=collate_pages)
+    pages = [page for batch in loader for page in batch]
+    assert [page.index for page in pages] == [0, 1, 2, 3]
+    assert pages[3].image is None and "broken.jpg" in pages[3].error
+    assert [tuple(page.image.shape[1:]) for page in pages[:3]] == [(88, 64), (64, 80),
+                                                                    (85, 64)]
+    assert pages[1].original == (80, 100)
+
+
+def test_formats_table():
+    assert check_formats("page") == ("page",)
+    assert set(WRITERS) >= {"page", "alto"}
+    with pytest.raises(InputError, match="unknown format"):
+        check_formats("page,hocr")
+
+
+def test_collection_run_resume_failures_and_manifest(checkpoint_path, tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    arguments = [str(checkpoint_path), str(tree), "--out", str(out), "--recursive",
+                 "--score-thresh", "0", "--max-detections", "5", "--workers", "2",
+                 "--coco", str(tmp_path / "preds.json")]
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*.xml"))
+    assert written == ["box1/folder/page/c.xml", "box1/page/b.xml", "page/a.xml"]
+    assert not [path for path in out.rglob(".*")]  # no temporary files left
+    failures = (out / "failures.txt").read_text().splitlines()
+    assert len(failures) == 1 and "broken.jpg" in failures[0]
+    lines = error.replace("\r", "\n").splitlines()
+    assert len([line for line in lines if "broken.jpg" in line]) == 1
+    assert "Traceback" not in error
+    summary = error.strip().splitlines()[-1]
+    assert "4 pages" in summary and "3 predicted" in summary and "1 failed" in summary
+    assert "pages/s" in summary
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["checkpoint"] == str(checkpoint_path.resolve())
+    assert manifest["settings"]["workers"] == 2 and manifest["formats"] == ["page"]
+    statuses = {page["file"].rsplit("/", 1)[-1]: page for page in manifest["pages"]}
+    assert statuses["broken.jpg"]["status"] == "failed"
+    page_c = read_page(out / "box1" / "folder" / "page" / "c.xml")
+    assert statuses["c.png"]["regions"] == len(page_c.regions)
+    assert statuses["c.png"]["seconds"] > 0
+    coco = json.loads((tmp_path / "preds.json").read_text())
+
+    # resume: the finished pages are not predicted again, the broken one is retried
+    stamp = (out / "page" / "a.xml").stat().st_mtime_ns
+    (out / "box1" / "page" / "b.xml").unlink()  # as if interrupted before b was written
+    assert main(arguments + ["--skip-existing"]) == 1
+    assert (out / "page" / "a.xml").stat().st_mtime_ns == stamp
+    assert (out / "box1" / "page" / "b.xml").is_file()
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "1 predicted" in summary and "2 skipped" in summary and "1 failed" in summary
+    resumed = json.loads((out / "manifest.json").read_text())
+    by_name = {page["file"].rsplit("/", 1)[-1]: page for page in resumed["pages"]}
+    assert by_name["c.png"]["status"] == "skipped"
+    assert by_name["c.png"]["regions"] == statuses["c.png"]["regions"]
+    again = json.loads((tmp_path / "preds.json").read_text())
+    for name in ("a.png", "c.png"):  # skipped pages' results are read back from their PAGE
+        before = [result for result in coco if result["file_name"] == name]
+        after = [result for result in again if result["file_name"] == name]
+        assert before and [r["bbox"] for r in after] == [r["bbox"] for r in before]
+        assert [r["segmentation"] for r in after] == [r["segmentation"] for r in before]
+
+    # nothing left to fail: failures.txt of the earlier run goes
+    (tree / "box2" / "broken.jpg").unlink()
+    (tree / "box2").rmdir()
+    assert main(arguments + ["--skip-existing"]) == 0
+    assert not (out / "failures.txt").exists()
+
+
+def test_alto_output_beside_page_and_resuming_from_alto_alone(checkpoint_path, tree, tmp_path):
+    from maskdla.data.alto import read_alto
+
+    out = tmp_path / "out"
+    (tree / "box2" / "broken.jpg").unlink()
+    arguments = [str(checkpoint_path), str(tree), "--out", str(out), "--recursive",
+                 "--score-thresh", "0", "--max-detections", "5", "--workers", "0"]
+    assert main(arguments + ["--format", "page,alto"]) == 0
+    for relative in ("a", "box1/b", "box1/folder/c"):
+        folder, stem = (out / relative).parent, (out / relative).name
+        page = read_page(folder / "page" / f"{stem}.xml")
+        alto = read_alto(folder / "alto" / f"{stem}.xml")
+        assert (alto.width, alto.height) == (page.width, page.height)
+        assert [region.label for region in alto.regions] == [r.label for r in page.regions]
+        assert [region.polygon for region in alto.regions] == [r.polygon for r in page.regions]
+    # ALTO alone: a resumed run reads the finished pages' COCO results back from ALTO
+    alto_only = tmp_path / "alto_only"
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    command = arguments[:2] + ["--out", str(alto_only)] + arguments[4:] + ["--format", "alto"]
+    assert main(command + ["--coco", str(first)]) == 0
+    assert not list(alto_only.rglob("page"))
+    assert main(command + ["--coco", str(second), "--skip-existing"]) == 0
+    before, after = json.loads(first.read_text()), json.loads(second.read_text())
+    assert len(after) == len(before) > 0
+    assert [r["category_id"] for r in after] == [r["category_id"] for r in before]
