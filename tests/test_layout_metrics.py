@@ -392,3 +392,25 @@ def test_truth_keeps_annotation_order(boxes_gt):
     gt, _ = boxes_gt
     truth = truth_from_coco(gt)
     assert truth[1].labels == ["staff", "lyrics"] and truth[1].name == "p1.png"
+
+
+def test_report_shows_region_f1_and_pixel_miou_beside_ap(tmp_path):
+    from maskdla.report import load_run, quality_table
+
+    figures = {"AP": 50.0, "AP50": 80.0, "AP75": 40.0, "APs": -1.0, "APm": 30.0, "APl": 55.0,
+               "AR": 60.0, "per_class": {}}
+    layout = _one(_page(*LINES), _page(*LINES[:3]))
+    runs = []
+    for name, backbone, metrics in (
+            ("a", "resnet50", {"bbox": figures, "segm": figures, "layout": layout}),
+            ("b", "vovnet39", {"bbox": figures, "segm": figures})):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"backbone": backbone}))
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        runs.append(load_run(folder))
+    table = quality_table(runs).to_markdown()
+    assert "| AP | AP50 | AP75 | APm | APl | Region F1 | Pixel mIoU |" in table
+    assert "| resnet50 | segm | 50.00 | 80.00 | 40.00 | 30.00 | 55.00 | 85.71 | 75.00 |" in table
+    assert "| resnet50 | box | 50.00 | 80.00 | 40.00 | 30.00 | 55.00 | - | - |" in table
+    assert "| vovnet39 | segm | 50.00 | 80.00 | 40.00 | 30.00 | 55.00 | - | - |" in table
