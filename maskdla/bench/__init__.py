@@ -20,4 +20,5 @@ BENCHMARKS = {
     "predict": "maskdla.bench.predict",
     "train": "maskdla.bench.train",
     "energy": "maskdla.bench.energy",
+    "layout": "maskdla.bench.layout",
 }

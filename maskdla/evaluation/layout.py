@@ -114,20 +114,19 @@ def kendall_tau(first: Sequence[float], second: Sequence[float]) -> Optional[flo
     return float(np.triu(signs, k=1).sum() / (n * (n - 1) / 2))
 
 
-def _union(masks: Sequence[RLE], height: int, width: int) -> RLE:
-    if not masks:
-        return mask_utils.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
+def _union(masks: Sequence[RLE]) -> RLE:
     return masks[0] if len(masks) == 1 else mask_utils.merge(list(masks), intersect=False)
 
 
-def _pixel_counts(truth: Sequence[RLE], predicted: Sequence[RLE], height: int,
-                  width: int) -> Tuple[int, int, int]:
-    """(true positive, false positive, false negative) pixels of one class on one page."""
-    truth_union, predicted_union = _union(truth, height, width), _union(predicted, height, width)
-    truth_pixels = int(mask_utils.area(truth_union)) if truth else 0
-    predicted_pixels = int(mask_utils.area(predicted_union)) if predicted else 0
+def _pixel_counts(truth: Sequence[RLE], predicted: Sequence[RLE]) -> Tuple[int, int, int]:
+    """(true positive, false positive, false negative) pixels of one class on one page:
+    the union of its truth masks against the union of its predicted masks."""
+    truth_union = _union(truth) if truth else None
+    predicted_union = _union(predicted) if predicted else None
+    truth_pixels = int(mask_utils.area(truth_union)) if truth_union else 0
+    predicted_pixels = int(mask_utils.area(predicted_union)) if predicted_union else 0
     both = 0
-    if truth and predicted:
+    if truth_union and predicted_union:
         both = int(mask_utils.area(mask_utils.merge([truth_union, predicted_union],
                                                     intersect=True)))
     return both, predicted_pixels - both, truth_pixels - both
@@ -161,8 +160,7 @@ def page_counts(truth: PageRegions, predicted: PageRegions, classes: Sequence[st
                              where=truth_area[g, None] > 0)
         of_predicted = np.divide(shared, predicted_area[None, p], out=np.zeros_like(shared),
                                  where=predicted_area[None, p] > 0)
-        tp, fp, fn = _pixel_counts([truth_masks[i] for i in g], [predicted_masks[j] for j in p],
-                                   truth.height, truth.width)
+        tp, fp, fn = _pixel_counts([truth_masks[i] for i in g], [predicted_masks[j] for j in p])
         per_class[name] = {"truth": int(g.size), "predicted": int(p.size),
                            "matched": len(matches),
                            "merges": int(((of_truth >= cover).sum(axis=0) >= 2).sum()),
