@@ -321,19 +321,25 @@ def boxes_gt(tmp_path):
     return gt, path
 
 
-def test_cli_scores_page_predictions_and_draws_the_worst(boxes_gt, tmp_path):
+#: prediction formats --predictions reads: (output folder, writer(page, path))
+PREDICTION_WRITERS = {"page": ("page", write_page)}
+
+
+@pytest.mark.parametrize("prediction_format", sorted(PREDICTION_WRITERS))
+def test_cli_scores_page_predictions_and_draws_the_worst(boxes_gt, tmp_path, prediction_format):
     gt, gt_path = boxes_gt
+    subfolder, writer = PREDICTION_WRITERS[prediction_format]
     # page 1 predicted exactly; page 2's region predicted as two halves (a split)
     pages = {1: [("staff", (4, 8, 88, 40)), ("lyrics", (4, 52, 88, 20))],
              2: [("staff", (2, 2, 44, 60)), ("staff", (48, 2, 44, 60))]}
-    folder = tmp_path / "pred" / "page"
+    folder = tmp_path / "pred" / subfolder
     folder.mkdir(parents=True)
     for image_id, regions in pages.items():
         page = Page(image_filename=f"p{image_id}.png", width=96, height=128)
         page.regions = [Region(id=f"r{k}", kind="TextRegion", label=label, score=0.9,
                                polygon=[(x, y), (x + w, y), (x + w, y + h), (x, y + h)])
                         for k, (label, (x, y, w, h)) in enumerate(regions)]
-        write_page(page, folder / f"p{image_id}.xml")
+        writer(page, folder / f"p{image_id}.xml")
     out = tmp_path / "metrics.json"
     process = _cli("--predictions", tmp_path / "pred", "--ann", gt_path, "--out", out,
                    "--worst", 1)
@@ -380,6 +386,17 @@ def test_cli_rejects_a_page_prediction_of_an_unknown_image(boxes_gt, tmp_path):
     process = _cli("--predictions", tmp_path / "other.xml", "--ann", gt_path)
     assert process.returncode == 2 and "Traceback" not in process.stderr
     assert "other.xml" in process.stderr and "not an image of the ground truth" in process.stderr
+
+
+def test_cli_rejects_a_page_prediction_of_an_unknown_class(boxes_gt, tmp_path):
+    _, gt_path = boxes_gt
+    page = Page(image_filename="p1.png", width=96, height=128)
+    page.regions = [Region(id="r1", kind="TextRegion", label="marginalia",
+                           polygon=[(1, 1), (40, 1), (40, 30), (1, 30)])]
+    write_page(page, tmp_path / "p1.xml")
+    process = _cli("--predictions", tmp_path / "p1.xml", "--ann", gt_path)
+    assert process.returncode == 2 and process.stderr.count("\n") == 1
+    assert "p1.xml" in process.stderr and "marginalia" in process.stderr
 
 
 def test_cli_rejects_a_bad_match_iou(boxes_gt, tmp_path):

@@ -121,10 +121,11 @@ def predictions_from_pages(pages: Sequence[Tuple[Page, PathLike]], gt: Mapping[s
                            ) -> Tuple[Dict[int, PageRegions], Dict[int, List[float]]]:
     """Predicted pages matched to the ground truth's images by image file name (else by
     file stem). Returns image id -> regions, and image id -> region scores (1 when the
-    file has none). Raises InputError for a page of no ground-truth image or of another
-    size."""
+    file has none). Raises InputError (naming the file) for a page of no ground-truth image,
+    of another size, a second page of one image, or a class the ground truth lacks."""
     by_name = {Path(image["file_name"]).name: image for image in gt["images"]}
     by_stem = {Path(image["file_name"]).stem: image for image in gt["images"]}
+    classes = [category["name"] for category in gt["categories"]]
     regions: Dict[int, PageRegions] = {}
     scores: Dict[int, List[float]] = {}
     for page, path in pages:
@@ -137,6 +138,10 @@ def predictions_from_pages(pages: Sequence[Tuple[Page, PathLike]], gt: Mapping[s
                              f"truth's {image['width']} x {image['height']}", path)
         if image["id"] in regions:
             raise InputError(f"a second prediction for the image {name!r}", path)
+        unknown = sorted({r.label for r in page.regions} - set(classes))
+        if unknown:
+            raise InputError(f"classes {', '.join(unknown)} are not classes of the ground "
+                             f"truth ({', '.join(classes)})", path)
         regions[image["id"]] = regions_from_page(page)
         scores[image["id"]] = [1.0 if r.score is None else float(r.score)
                                for r in page.regions if len(r.polygon) >= 3]
