@@ -393,16 +393,18 @@ def test_cli_evaluates_a_checkpoint(checkpoint, corpus, tmp_path):
     out = tmp_path / "metrics.json"
     results = tmp_path / "results.json"
     process = _cli(checkpoint, "--data", corpus, "--split", "train", "--out", out,
-                   "--save-results", results, "--device", "cpu", "--workers", "1")
+                   "--save-results", results, "--device", "cpu", "--workers", "1",
+                   "--worst", "1", "--score-thresh", "0")
     assert process.returncode == 0, process.stderr
     metrics = json.loads(out.read_text())
     assert set(metrics) == {"bbox", "segm", "layout"}
+    assert len(list((tmp_path / "worst").glob("001_*.jpg"))) == 1
     assert "Regions (one-to-one at IoU >= 0.5)" in process.stdout
     # the saved results score to the same figures through --predictions
     dataset = Dataset.from_folder(corpus, split="train", classes=list(CLASSES))
     saved = json.loads(results.read_text())
     expected = {**coco_metrics(dataset.coco, saved),
-                "layout": results_layout_metrics(dataset.coco, saved)}
+                "layout": results_layout_metrics(dataset.coco, saved, score_thresh=0.0)}
     assert metrics == json.loads(json.dumps(expected))
 
 

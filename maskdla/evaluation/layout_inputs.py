@@ -16,9 +16,8 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
-import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
