@@ -37,7 +37,6 @@ from maskdla.cli import run_main
 from maskdla.files import read_json, write_bytes_atomic
 from maskdla.energy import efficiency_row, format_duration, savings_percent
 from maskdla.errors import InputError
-from maskdla.evaluation.layout import layout_columns  # layout metrics (branch evalx)
 
 #: Metric columns of the quality table, as the study reports them (APs is empty for
 #: VORAU-253: no object is smaller than 32x32 px).
@@ -347,15 +346,19 @@ def quality_table(runs: Sequence[RunRecord]) -> Optional[Table]:
     header, labels = run_labels(runs)
     rows = []
     # --- layout metrics (branch evalx): Region F1 / Pixel mIoU beside AP, on the segm row
-    layout_names = list(dict.fromkeys(name for run in runs if run.metrics
-                                      for name in layout_columns(run.metrics)))
+    layout_cells: Dict[int, Dict[str, str]] = {}
+    if any(isinstance(run.metrics, dict) and "layout" in run.metrics for run in runs):
+        # imported only then: maskdla.evaluation loads torch, which the report does not need
+        from maskdla.evaluation.layout import layout_columns
+        layout_cells = {id(run): layout_columns(run.metrics) for run in runs if run.metrics}
+    layout_names = list(dict.fromkeys(name for cells in layout_cells.values() for name in cells))
     for run, label in zip(runs, labels):
         if run.metrics is None:
             continue
         for task, task_name in TASKS:
             results = run.metrics.get(task)
             if isinstance(results, dict):
-                layout = layout_columns(run.metrics) if task == "segm" else {}
+                layout = layout_cells.get(id(run), {}) if task == "segm" else {}
                 rows.append([label, task_name]
                             + [_format_ap(results.get(key)) for key in QUALITY_METRICS]
                             + [layout.get(name, "-") for name in layout_names])
