@@ -57,6 +57,17 @@ def _check_writable(path: Optional[str]) -> None:
                          path)
 
 
+def _check_folder_writable(path: Path) -> None:
+    """Fail before the evaluation when the --worst folder cannot be made or written."""
+    folder = path.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise InputError("cannot write overlays here: not a folder", path)
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError("cannot write overlays here (no write permission)", path)
+
+
 def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
     """The data to evaluate on: the flags' or, without them, the run's test data."""
     config = checkpoint["config"]
@@ -265,6 +276,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _check_arguments(parser, args)
     for output in (args.out, args.save_results):
         _check_writable(output)
+    if args.worst:
+        _check_folder_writable(_worst_dir(args))
     if args.predictions is not None:
         metrics, ground_truth, predicted, image_dir = _score_predictions(args)
     else:

@@ -505,5 +505,5 @@ def test_cli_defaults_to_the_runs_synthetic_corpus(tmp_path):
     out = tmp_path / "metrics.json"
     process = _cli(path, "--out", out, "--workers", "0", MASKDLA_CACHE=str(tmp_path / "cache"))
     assert process.returncode == 0, process.stderr
-    assert set(json.loads(out.read_text())) == {"bbox", "segm"}
+    assert set(json.loads(out.read_text())) == {"bbox", "segm", "layout"}
     assert list((tmp_path / "cache").glob("synthetic-*-p2-t1-s0-w64/test/*.jpg"))

@@ -399,6 +399,16 @@ def test_cli_rejects_a_page_prediction_of_an_unknown_class(boxes_gt, tmp_path):
     assert "p1.xml" in process.stderr and "marginalia" in process.stderr
 
 
+def test_cli_rejects_a_worst_folder_that_is_a_file(boxes_gt, tmp_path):
+    _, gt_path = boxes_gt
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    process = _cli("--predictions", tmp_path / "x.json", "--ann", gt_path, "--worst", 2,
+                   "--worst-dir", blocker)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert "taken" in process.stderr and "not a folder" in process.stderr
+
+
 def test_cli_rejects_a_bad_match_iou(boxes_gt, tmp_path):
     _, gt_path = boxes_gt
     process = _cli("--predictions", tmp_path / "x.json", "--ann", gt_path, "--match-iou", "1.5")
