@@ -1,29 +1,43 @@
-"""``python -m maskdla.eval``: COCO metrics of a checkpoint, or of a saved results file.
+"""``python -m maskdla.eval``: COCO and layout metrics of a checkpoint, or of saved
+predictions.
 
 Command line::
 
     python -m maskdla.eval CHECKPOINT [--data DIR | --ann JSON --images DIR] [--split test]
                            [--out metrics.json] [--batch-size N] [--device D]
-    python -m maskdla.eval --predictions RESULTS.json --ann GT.json [--out metrics.json]
+    python -m maskdla.eval --predictions RESULTS.json|PAGE_DIR|FILE.xml
+                           (--ann GT.json [--images DIR] | --data DIR [--split test])
+                           [--out metrics.json]
 
 The first form takes everything else (backbone, classes, image size, the test data when
 none is given) from the checkpoint's config; the second scores any system's COCO results
-file, without a model. The library side is :mod:`maskdla.evaluation`.
+file or PAGE files, without a model. Both print the COCO table, then the layout metrics
+(:mod:`maskdla.evaluation.layout`; ``--no-layout`` skips them); ``--worst N`` draws the N
+pages of lowest region F1 beside their ground truth. The library side is
+:mod:`maskdla.evaluation`.
 """
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from maskdla.checkpoint import load_model
-from maskdla.cli import positive_int, run_main
+from maskdla.cli import non_negative_int, positive_int, run_main
+from maskdla.data.coco import folder_to_coco
 from maskdla.data.dataset import Dataset
+from maskdla.data.layout import collect_layout_files, read_layout
 from maskdla.data.sources import run_dataset
 from maskdla.errors import InputError
 from maskdla.evaluation import evaluate, predict_coco_results
 from maskdla.evaluation.coco import coco_metrics, format_table, load_ground_truth, load_results
+from maskdla.evaluation.layout import (PageRegions, format_layout_tables, layout_metrics,
+                                       worst_pages)
+from maskdla.evaluation.layout_inputs import (predictions_from_pages, predictions_from_results,
+                                              results_from_predictions,
+                                              results_layout_metrics, save_side_by_side,
+                                              truth_from_coco)
 from maskdla.files import write_json_atomic
 from maskdla.inference import resolve_device, test_size
 
@@ -42,6 +56,17 @@ def _check_writable(path: Optional[str]) -> None:
                          path)
 
 
+def _check_folder_writable(path: Path) -> None:
+    """Fail before the evaluation when the --worst folder cannot be made or written."""
+    folder = path.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise InputError("cannot write overlays here: not a folder", path)
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError("cannot write overlays here (no write permission)", path)
+
+
 def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
     """The data to evaluate on: the flags' or, without them, the run's test data."""
     config = checkpoint["config"]
@@ -56,11 +81,34 @@ def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
     return Dataset.from_folder(args.data, split=args.split, **options)
 
 
+def _fraction(text: str) -> float:
+    """A number in (0, 1], for --match-iou."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _score(text: str) -> float:
+    """A number in [0, 1], for --score-thresh."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m maskdla.eval",
         description="COCO AP/AP50/AP75/APs/APm/APl/AR (bbox and segm, as pycocotools computes "
-                    "them) of a checkpoint on a data set, or of a saved COCO results file.")
+                    "them) and layout metrics (region F1 with merges and splits, pixel IoU, "
+                    "reading order) of a checkpoint on a data set, or of saved predictions.")
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
                         help="a maskdla checkpoint; backbone, classes and image size come from "
                              "its config, and so does the data unless --data or --ann is given")
@@ -69,13 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "DIR/SPLIT/alto/ or next to the images)")
     parser.add_argument("--ann", metavar="JSON",
                         help="COCO ground truth: with --images to run a model on its images, "
-                             "or with --predictions to score a results file")
+                             "or with --predictions to score saved predictions")
     parser.add_argument("--images", metavar="DIR", help="image folder of --ann")
     parser.add_argument("--split", default="test",
                         help="split folder of --data (or of the run's data) (default: test)")
-    parser.add_argument("--predictions", metavar="RESULTS_JSON",
-                        help="score this COCO results file (e.g. another system's output) "
-                             "against --ann, without a model")
+    parser.add_argument("--predictions", metavar="PATH",
+                        help="score saved predictions against --ann or --data, without a "
+                             "model: a COCO results file (.json) or PAGE files (a .xml file, "
+                             "or a folder of page/*.xml or *.xml)")
     parser.add_argument("--out", metavar="JSON", help="write the metrics to this file")
     parser.add_argument("--save-results", metavar="JSON",
                         help="also write the model's COCO results (RLE masks) to this file")
@@ -87,43 +136,148 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data loading worker processes (default: 2; 0 loads in-process)")
     parser.add_argument("--verbose", action="store_true",
                         help="show pycocotools' own output (its summary tables)")
+    layout = parser.add_argument_group("layout metrics")
+    layout.add_argument("--no-layout", action="store_true",
+                        help="COCO metrics only (no region, pixel and reading-order figures)")
+    layout.add_argument("--match-iou", type=_fraction, default=0.5,
+                        help="IoU from which a predicted region matches a ground-truth region "
+                             "(default: 0.5)")
+    layout.add_argument("--score-thresh", type=_score, default=0.5,
+                        help="COCO results (a checkpoint's or a file's) scoring below are not "
+                             "regions for the layout metrics (default: 0.5, as "
+                             "maskdla.predict); PAGE predictions keep all their regions")
+    layout.add_argument("--worst", type=non_negative_int, default=0, metavar="N",
+                        help="draw the N pages of lowest region F1 beside their ground truth "
+                             "into --worst-dir")
+    layout.add_argument("--worst-dir", metavar="DIR",
+                        help="folder of the --worst overlays (default: worst/ next to --out, "
+                             "else ./worst)")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _ground_truth(args: argparse.Namespace) -> Tuple[dict, Path]:
+    """The ground truth of --predictions mode and its image folder."""
+    if args.ann:
+        return load_ground_truth(args.ann), Path(args.images or Path(args.ann).parent)
+    folder = Path(args.data) / args.split
+    if not folder.is_dir():
+        raise InputError("no such dataset folder", folder)
+    return folder_to_coco(folder)[0], folder
+
+
+def _score_predictions(args: argparse.Namespace) -> Tuple[dict, dict, Dict[Any, Any], Path]:
+    """--predictions mode: (metrics, ground truth, image id -> predicted regions, images)."""
+    ground_truth, image_dir = _ground_truth(args)
+    path = Path(args.predictions)
+    if path.suffix.lower() == ".json":
+        results = load_results(path, ground_truth)
+        predicted = {} if args.no_layout else predictions_from_results(
+            results, ground_truth, args.score_thresh)
+    else:
+        pages = [(read_layout(file), file) for file in collect_layout_files([path])]
+        predicted, scores = predictions_from_pages(pages, ground_truth)
+        results = results_from_predictions(predicted, scores, ground_truth)
+    metrics = coco_metrics(ground_truth, results, verbose=args.verbose)
+    if not args.no_layout:
+        metrics["layout"] = _layout(ground_truth, predicted, args)
+    return metrics, ground_truth, predicted, image_dir
+
+
+def _layout(ground_truth: dict, predicted: Dict[Any, Any], args: argparse.Namespace) -> dict:
+    """The layout block of predicted regions against the ground truth's."""
+    classes = [category["name"] for category in ground_truth["categories"]]
+    layout = layout_metrics(truth_from_coco(ground_truth), predicted, classes,
+                            match_iou=args.match_iou)
+    layout["score_thresh"] = args.score_thresh
+    return layout
+
+
+def _score_checkpoint(args: argparse.Namespace) -> Tuple[dict, dict, Dict[Any, Any], Path]:
+    """CHECKPOINT mode: (metrics, ground truth, image id -> predicted regions, images)."""
+    device = resolve_device(args.device)
+    model, checkpoint = load_model(args.checkpoint, device)
+    dataset = _dataset(args, checkpoint)
+    results = predict_coco_results(model, dataset, batch_size=args.batch_size,
+                                   device=device, num_workers=args.workers,
+                                   classes=list(checkpoint["classes"]))
+    if args.save_results:
+        write_json_atomic(args.save_results, results)
+    metrics = coco_metrics(dataset.coco, results, verbose=args.verbose)
+    predicted: Dict[Any, Any] = {}
+    if not args.no_layout:
+        metrics["layout"] = results_layout_metrics(dataset.coco, results,
+                                                   match_iou=args.match_iou,
+                                                   score_thresh=args.score_thresh)
+        if args.worst:
+            predicted = predictions_from_results(results, dataset.coco, args.score_thresh)
+    return metrics, dataset.coco, predicted, Path(dataset.image_dir)
+
+
+def _worst_dir(args: argparse.Namespace) -> Path:
+    if args.worst_dir:
+        return Path(args.worst_dir)
+    return (Path(args.out).parent if args.out else Path(".")) / "worst"
+
+
+def _write_worst(args: argparse.Namespace, metrics: dict, ground_truth: dict,
+                 predicted: Dict[Any, Any], image_dir: Path) -> None:
+    """Side-by-side overlays (truth left, prediction right) of the --worst pages."""
+    truth = truth_from_coco(ground_truth)
+    files = {image["id"]: image["file_name"] for image in ground_truth["images"]}
+    classes = [category["name"] for category in ground_truth["categories"]]
+    folder = _worst_dir(args)
+    folder.mkdir(parents=True, exist_ok=True)
+    for rank, page in enumerate(worst_pages(metrics["layout"], args.worst), 1):
+        key = page["image_id"]
+        empty = PageRegions(truth[key].height, truth[key].width)
+        out = folder / f"{rank:03d}_{Path(files[key]).stem}.jpg"
+        save_side_by_side(image_dir / files[key], truth[key], predicted.get(key, empty),
+                          classes, out)
+    print(f"wrote {min(args.worst, len(truth))} overlays (truth left, prediction right) "
+          f"to {folder}")
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.predictions is not None:
-        if args.checkpoint or args.data or args.images or args.save_results:
-            parser.error("--predictions scores a results file against --ann; it takes no "
-                         "CHECKPOINT, --data, --images or --save-results")
-        if not args.ann:
-            parser.error("--predictions needs --ann GT.json")
-        _check_writable(args.out)
-        ground_truth = load_ground_truth(args.ann)
-        results = load_results(args.predictions, ground_truth)
-        metrics = coco_metrics(ground_truth, results, verbose=args.verbose)
+        if args.checkpoint or args.save_results:
+            parser.error("--predictions scores saved predictions against --ann or --data; it "
+                         "takes no CHECKPOINT or --save-results")
+        if bool(args.ann) == bool(args.data):
+            parser.error("--predictions needs the ground truth: --ann GT.json or --data DIR")
+        if args.images and not args.ann:
+            parser.error("--images goes with --ann")
     else:
         if not args.checkpoint:
-            parser.error("give a CHECKPOINT, or --predictions RESULTS.json --ann GT.json")
+            parser.error("give a CHECKPOINT, or --predictions PATH with --ann GT.json or "
+                         "--data DIR")
         if args.data and (args.ann or args.images):
             parser.error("give either --data or --ann with --images, not both")
         if bool(args.ann) != bool(args.images):
             parser.error("--ann and --images go together (or use --predictions with --ann)")
         if args.workers < 0:
             parser.error("--workers must be >= 0")
-        for output in (args.out, args.save_results):
-            _check_writable(output)
-        device = resolve_device(args.device)
-        model, checkpoint = load_model(args.checkpoint, device)
-        dataset = _dataset(args, checkpoint)
-        results = predict_coco_results(model, dataset, batch_size=args.batch_size,
-                                       device=device, num_workers=args.workers,
-                                       classes=list(checkpoint["classes"]))
-        if args.save_results:
-            write_json_atomic(args.save_results, results)
-        metrics = coco_metrics(dataset.coco, results, verbose=args.verbose)
-    print(format_table(metrics))
+    if args.worst and args.no_layout:
+        parser.error("--worst needs the layout metrics (drop --no-layout)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
+    for output in (args.out, args.save_results):
+        _check_writable(output)
+    if args.worst:
+        _check_folder_writable(_worst_dir(args))
+    if args.predictions is not None:
+        metrics, ground_truth, predicted, image_dir = _score_predictions(args)
+    else:
+        metrics, ground_truth, predicted, image_dir = _score_checkpoint(args)
+    print(format_table({k: v for k, v in metrics.items() if k in ("bbox", "segm")}))
+    if "layout" in metrics:
+        print()
+        print(format_layout_tables(metrics["layout"], worst=max(args.worst, 5)))
+    if args.worst:
+        _write_worst(args, metrics, ground_truth, predicted, image_dir)
     if args.out:
         write_json_atomic(args.out, metrics)
     return 0

@@ -346,17 +346,26 @@ def quality_table(runs: Sequence[RunRecord]) -> Optional[Table]:
     two decimals); None when no run has metrics.json."""
     header, labels = run_labels(runs)
     rows = []
+    # the layout metrics (Region F1, Pixel mIoU) go beside AP, on the segm row
+    layout_cells: Dict[int, Dict[str, str]] = {}
+    if any(isinstance(run.metrics, dict) and "layout" in run.metrics for run in runs):
+        # imported only then: maskdla.evaluation loads torch, which the report does not need
+        from maskdla.evaluation.layout import layout_columns
+        layout_cells = {id(run): layout_columns(run.metrics) for run in runs if run.metrics}
+    layout_names = list(dict.fromkeys(name for cells in layout_cells.values() for name in cells))
     for run, label in zip(runs, labels):
         if run.metrics is None:
             continue
         for task, task_name in TASKS:
             results = run.metrics.get(task)
             if isinstance(results, dict):
+                layout = layout_cells.get(id(run), {}) if task == "segm" else {}
                 rows.append([label, task_name]
-                            + [format_ap(results.get(key)) for key in QUALITY_METRICS])
+                            + [format_ap(results.get(key)) for key in QUALITY_METRICS]
+                            + [layout.get(name, MISSING) for name in layout_names])
     if not rows:
         return None
-    return Table("Quality (COCO AP, %)", [header, "Task", *QUALITY_METRICS], rows)
+    return Table("Quality (COCO AP, %)", [header, "Task", *QUALITY_METRICS, *layout_names], rows)
 
 
 def efficiency_table(runs: Sequence[RunRecord]) -> Optional[Table]:

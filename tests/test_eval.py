@@ -21,6 +21,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskdla.checkpoint import save_checkpoint
 from maskdla.evaluation.coco import STAT_INDEX, coco_metrics, format_table, validate_results
+from maskdla.evaluation.layout_inputs import results_layout_metrics
 from maskdla.evaluation.results import (box_mask_to_rle, detections_to_coco_results,
                                   paste_box_masks, scale_boxes)
 from maskdla.data.dataset import Dataset
@@ -312,6 +313,14 @@ def test_evaluate_scores_in_original_pixels(corpus, tiny_model):
     metrics = evaluate(tiny_model, dataset, batch_size=1)
     assert metrics == coco_metrics(dataset.coco, results)
     assert set(metrics["segm"]["per_class"]) == set(CLASSES)
+    # the layout block is opt-in and scores the same detections (an untrained model's
+    # scores are low: take all of them)
+    with_layout = evaluate(tiny_model, dataset, batch_size=1, layout=True, score_thresh=0.0,
+                           timings=timings)
+    assert with_layout["layout"] == results_layout_metrics(dataset.coco, results,
+                                                           score_thresh=0.0)
+    assert with_layout["layout"]["per_class"]["staff"]["predicted"] > 0
+    assert timings["layout"] > 0
 
 
 def test_evaluate_refuses_a_model_of_another_class_count(corpus):
@@ -349,7 +358,9 @@ def test_cli_scores_a_results_file(ground_truth, tmp_path):
     assert process.returncode == 0, process.stderr
     assert "| Bounding Box |" in process.stdout and "| Segmentation |" in process.stdout
     written = json.loads(out.read_text())
-    assert written == json.loads(json.dumps(coco_metrics(ground_truth, results)))
+    expected = {**coco_metrics(ground_truth, results),
+                "layout": results_layout_metrics(ground_truth, results)}
+    assert written == json.loads(json.dumps(expected))
     assert set(written["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR", "per_class"}
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temp file left
 
@@ -382,14 +393,19 @@ def test_cli_evaluates_a_checkpoint(checkpoint, corpus, tmp_path):
     out = tmp_path / "metrics.json"
     results = tmp_path / "results.json"
     process = _cli(checkpoint, "--data", corpus, "--split", "train", "--out", out,
-                   "--save-results", results, "--device", "cpu", "--workers", "1")
+                   "--save-results", results, "--device", "cpu", "--workers", "1",
+                   "--worst", "1", "--score-thresh", "0")
     assert process.returncode == 0, process.stderr
     metrics = json.loads(out.read_text())
-    assert set(metrics) == {"bbox", "segm"}
+    assert set(metrics) == {"bbox", "segm", "layout"}
+    assert len(list((tmp_path / "worst").glob("001_*.jpg"))) == 1
+    assert "Regions (one-to-one at IoU >= 0.5)" in process.stdout
     # the saved results score to the same figures through --predictions
     dataset = Dataset.from_folder(corpus, split="train", classes=list(CLASSES))
-    assert metrics == json.loads(json.dumps(coco_metrics(dataset.coco,
-                                                         json.loads(results.read_text()))))
+    saved = json.loads(results.read_text())
+    expected = {**coco_metrics(dataset.coco, saved),
+                "layout": results_layout_metrics(dataset.coco, saved, score_thresh=0.0)}
+    assert metrics == json.loads(json.dumps(expected))
 
 
 @pytest.mark.slow
@@ -489,5 +505,5 @@ def test_cli_defaults_to_the_runs_synthetic_corpus(tmp_path):
     out = tmp_path / "metrics.json"
     process = _cli(path, "--out", out, "--workers", "0", MASKDLA_CACHE=str(tmp_path / "cache"))
     assert process.returncode == 0, process.stderr
-    assert set(json.loads(out.read_text())) == {"bbox", "segm"}
+    assert set(json.loads(out.read_text())) == {"bbox", "segm", "layout"}
     assert list((tmp_path / "cache").glob("synthetic-*-p2-t1-s0-w64/test/*.jpg"))

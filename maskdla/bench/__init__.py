@@ -21,4 +21,5 @@ BENCHMARKS = {
     "predict-pages": "maskdla.bench.predict_pages",
     "train": "maskdla.bench.train",
     "energy": "maskdla.bench.energy",
+    "layout": "maskdla.bench.layout",
 }

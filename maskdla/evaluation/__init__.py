@@ -3,6 +3,8 @@
 - :mod:`.results`: raw detections -> COCO results (boxes, RLE masks), exactly as
   pycocotools expects them;
 - :mod:`.coco`: pycocotools' bbox and segm metrics, ground truth and results files;
+- :mod:`.layout`: layout metrics (region F1 with merges and splits, pixel IoU, reading
+  order); :mod:`.layout_inputs` builds their inputs;
 - :mod:`.evaluate`: :func:`predict_coco_results` and :func:`evaluate` over a Dataset
   (batched, one shard per rank under DDP).
 

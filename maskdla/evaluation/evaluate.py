@@ -26,6 +26,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from maskdla.evaluation.coco import coco_metrics
+from maskdla.evaluation.layout_inputs import results_layout_metrics
 from maskdla.evaluation.results import detections_to_coco_results
 from maskdla.distributed import all_gather_objects, broadcast_object
 from maskdla.errors import InputError
@@ -175,11 +176,16 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
              device: Optional[Union[str, torch.device]] = None, amp: Optional[bool] = None,
              num_workers: int = 0, classes: Optional[Sequence[str]] = None,
              mask_threshold: float = 0.5, verbose: bool = False,
-             timings: Optional[Dict[str, float]] = None) -> Dict[str, dict]:
+             timings: Optional[Dict[str, float]] = None, layout: bool = False,
+             match_iou: float = 0.5, score_thresh: float = 0.5) -> Dict[str, dict]:
     """COCO bbox and segm metrics of ``model`` on ``dataset``, as pycocotools computes them.
 
     Arguments as :func:`predict_coco_results`; ``verbose`` shows pycocotools' own output;
-    ``timings`` also gets ``cocoeval`` seconds. The ground truth is ``dataset.coco`` (at the
+    ``timings`` also gets ``cocoeval`` (and with ``layout``, ``layout``) seconds. With
+    ``layout``, the result also has the ``layout`` block of
+    :func:`maskdla.evaluation.layout.layout_metrics` (detections scoring >= ``score_thresh``,
+    matched at ``match_iou``), e.g. for choosing checkpoints by ``layout.region_f1``. The
+    ground truth is ``dataset.coco`` (at the
     original resolution, so APs/APm/APl use the original areas, as COCO defines them).
 
     Returns:
@@ -196,4 +202,11 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
         metrics = coco_metrics(dataset.coco, results, verbose=verbose)
         if timings is not None:
             timings["cocoeval"] = timings.get("cocoeval", 0.0) + time.perf_counter() - start
+        if layout:
+            start = time.perf_counter()
+            metrics["layout"] = results_layout_metrics(dataset.coco, results,
+                                                       match_iou=match_iou,
+                                                       score_thresh=score_thresh)
+            if timings is not None:
+                timings["layout"] = timings.get("layout", 0.0) + time.perf_counter() - start
     return broadcast_object(metrics)
