@@ -12,19 +12,12 @@ from shapely.geometry import Polygon
 from maskdla.bench.predict import CLASSES
 from maskdla.errors import InputError
 from maskdla.export import main as export_main
-from maskdla.model import build_model
 from maskdla.predict import Predictor, main as predict_main
 
 
 @pytest.fixture(scope="module")
-def checkpoint_path(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=96, max_size=160)
-    config = {"backbone": "vovnet19slim", "norm": None, "min_size": [96], "max_size": 160,
-              "classes": list(CLASSES)}
-    path = tmp_path_factory.mktemp("model") / "tiny.pth"
-    torch.save({"model": model.state_dict(), "config": config, "classes": list(CLASSES)}, path)
-    return path
+def checkpoint_path(tiny_checkpoint):
+    return tiny_checkpoint(96, 160)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from shapely.geometry import Polygon
 from maskdla.bench.predict import CLASSES, synthetic_detections
 from maskdla.data.pagexml import page_to_xml, read_page, write_page
 from maskdla.errors import InputError
-from maskdla.model import build_model
 from maskdla.prediction.overlay import STUDY_COLOURS, class_colours, draw_overlay
 from maskdla.predict import (Predictor, detections_to_page, find_images, main,
                              page_to_coco_results)
@@ -159,17 +158,8 @@ def test_find_images(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_path(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128)
-    config = {"backbone": "vovnet19slim", "norm": None, "min_size": [64], "max_size": 128,
-              "classes": list(CLASSES)}
-    checkpoint = {"model": model.state_dict(), "optimizer": None, "scheduler": None,
-                  "scaler": None, "epoch": 0, "iteration": 0, "rng": None, "config": config,
-                  "classes": list(CLASSES)}
-    path = tmp_path_factory.mktemp("model") / "tiny.pth"
-    torch.save(checkpoint, path)
-    return path
+def checkpoint_path(tiny_checkpoint):
+    return tiny_checkpoint(64, 128)
 
 
 @pytest.fixture(scope="module")

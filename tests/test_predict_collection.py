@@ -9,24 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from maskdla.bench.predict import CLASSES
 from maskdla.data.pagexml import read_page
 from maskdla.errors import InputError
-from maskdla.model import build_model
 from maskdla.predict import main
 from maskdla.prediction.collection import (WRITERS, PageImages, check_formats, collate_pages,
                                            find_images)
 
 
 @pytest.fixture(scope="module")
-def checkpoint_path(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("vovnet19slim", len(CLASSES) + 1, min_size=64, max_size=128)
-    config = {"backbone": "vovnet19slim", "norm": None, "min_size": [64], "max_size": 128,
-              "classes": list(CLASSES)}
-    path = tmp_path_factory.mktemp("model") / "tiny.pth"
-    torch.save({"model": model.state_dict(), "config": config, "classes": list(CLASSES)}, path)
-    return path
+def checkpoint_path(tiny_checkpoint):
+    return tiny_checkpoint(64, 128)
 
 
 @pytest.fixture()
