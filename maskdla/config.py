@@ -26,6 +26,7 @@ PathLike = Union[str, "os.PathLike[str]"]  # noqa: F821 (a string annotation)
 #: the total batch size the default LR (0.02) was tuned for in the study (450-epoch runs)
 LR_REFERENCE_BATCH = 2
 LOADER_PASSES = ("epoch", "run")
+MASK_RESOLUTIONS = (28, 56)
 AMP_MODES = ("off", "fp16", "bf16")
 #: torchvision's (and detectron2's) RPN anchor aspect ratios, height / width
 DEFAULT_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
@@ -55,12 +56,20 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_steps: str = "default"
     gamma: float = 0.1
+    #: linear LR warmup; :func:`maskdla.schedule.warmup_iterations` fits it to short runs
     warmup_iters: int = 1000
+    #: clip the gradients' global L2 norm to this (0: no clipping); chosen by measurement
+    #: (docs/training.md, "Stability")
+    clip_grad_norm: float = 10.0
+    #: a step with a NaN/inf loss (or gradient) is skipped; this many in a row stop the run
+    nonfinite_limit: int = 5
     min_size: List[int] = field(default_factory=lambda: [800])
     max_size: int = 1333
     #: None: frozenbn with ``pretrained``, else gn (resolved when the run starts)
     norm: Optional[str] = None
     pretrained: Optional[str] = None
+    #: a maskdla checkpoint a new run starts from (fine-tuning: new schedule and optimizer)
+    init_from: Optional[str] = None
     freeze_at: int = 0
     #: None: the backbone's own width (256; 128 for vovnet19lite/slim)
     fpn_channels: Optional[int] = None
@@ -69,6 +78,11 @@ class TrainConfig:
     #: RoIs sampled per image for the box head's loss (torchvision/detectron2 default 512);
     #: fewer make a CPU step several times cheaper
     rois_per_image: int = 512
+    #: side of the predicted instance masks: 28 (torchvision's) or 56 (finer masks for long,
+    #: thin regions; RoIAlign of the mask head at 28 instead of 14)
+    mask_resolution: int = 28
+    #: training augmentation: random brightness and contrast factors in [1 - x, 1 + x] (0: off)
+    brightness_contrast: float = 0.0
     #: None: bf16 on CUDA cards that support it, else off
     amp: Optional[str] = None
     workers: int = 2
@@ -87,6 +101,14 @@ class TrainConfig:
     resume: Optional[str] = None
     checkpoint_every: float = 5.0
     eval_every: float = 0.0
+    #: the metric (a dotted path into metrics.json) that picks checkpoint_best.pth
+    best_metric: str = "segm.AP"
+    #: stop after this many evaluations without a better best_metric (0: never)
+    patience: int = 0
+    #: validation split taken from train by seed (0: DATA/val/ when present, else none)
+    val_fraction: float = 0.0
+    #: write TensorBoard event files under the run folder (the ``tensorboard`` extra)
+    tensorboard: bool = False
     log_every: int = 20
     device: Optional[str] = None
     energy: bool = True
@@ -159,6 +181,11 @@ class TrainConfig:
             raise InputError(f"--backbone: {error}") from None
         if self.norm is not None and self.norm not in NORMS:
             raise InputError(f"--norm {self.norm!r}: choose one of {', '.join(NORMS)}")
+        if self.init_from and self.pretrained:
+            raise InputError("--init-from starts from a whole trained model; drop --pretrained "
+                             "(backbone weights) or --init-from")
+        if self.init_from and self.resume:
+            raise InputError("--init-from starts a new run and --resume continues one: give one")
         if self.amp is not None and self.amp not in AMP_MODES:
             raise InputError(f"--amp {self.amp!r}: choose off, fp16 or bf16")
         if not self.epochs > 0 or not math.isfinite(self.epochs):
@@ -178,13 +205,32 @@ class TrainConfig:
                              f"{', '.join(LOADER_PASSES)}")
         if not 0 <= self.freeze_at <= 5:
             raise InputError(f"--freeze-at must be between 0 and 5, got {self.freeze_at}")
-        if self.workers < 0 or self.warmup_iters < 0:
-            raise InputError("--workers and --warmup-iters must be 0 or more")
+        if self.workers < 0 or self.warmup_iters < 0 or self.patience < 0:
+            raise InputError("--workers, --warmup-iters and --patience must be 0 or more")
+        self._validate_stability_and_selection()
         try:
             plan(self.epochs, 1, 1, 1, self.lr_steps)
         except ValueError as error:
             raise InputError(str(error)) from None
         return self
+
+    def _validate_stability_and_selection(self) -> None:
+        if not (self.clip_grad_norm >= 0 and math.isfinite(self.clip_grad_norm)):
+            raise InputError(f"--clip-grad-norm must be 0 (off) or positive, got {self.clip_grad_norm!r}")
+        if self.nonfinite_limit < 1:
+            raise InputError(f"--nonfinite-limit must be at least 1, got {self.nonfinite_limit}")
+        if self.mask_resolution not in MASK_RESOLUTIONS:
+            raise InputError(f"--mask-resolution {self.mask_resolution}: choose "
+                             f"{' or '.join(map(str, MASK_RESOLUTIONS))}")
+        if not 0 <= self.brightness_contrast < 1:
+            raise InputError(f"--brightness-contrast must be in [0, 1), got {self.brightness_contrast!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not all(self.best_metric.split(".")):
+            raise InputError(f"--best-metric {self.best_metric!r}: expected a dotted path into "
+                             "metrics.json such as segm.AP, segm.AP50 or bbox.AP")
+        if self.patience and not self.eval_every:
+            raise InputError("--patience counts evaluations: give --eval-every too")
 
     # ------------------------------------------------------------------ derived values
 

@@ -72,6 +72,16 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """``flag`` (a bool tensor) true where it is true on any rank (itself without a
+    process group): ranks that must take the same decision take it on this."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        flag = flag.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.bool()
+    return flag
+
+
 def all_gather_objects(value: Any) -> List[Any]:
     """Every rank's ``value``, in rank order (``[value]`` without a process group)."""
     if dist.is_initialized() and dist.get_world_size() > 1:

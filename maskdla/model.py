@@ -10,6 +10,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
 
 from maskdla.backbones import build_backbone
 from maskdla.config import DEFAULT_ANCHOR_RATIOS, TrainConfig
@@ -19,6 +20,10 @@ from maskdla.data.resize import training_size
 MASK_HEAD_CONVS = 4
 #: torchvision's FPN anchor sizes, one per level (strides 4-64)
 ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
+#: torchvision's mask RoIAlign output (the predictor upsamples it 2x to 28 x 28 masks)
+MASK_ROI_SIZE = 14
+#: the FPN maps the RoI heads pool from (torchvision's MaskRCNN defaults)
+FPN_LEVELS = ["0", "1", "2", "3"]
 #: width of torchvision's two-layer box head (TwoMLPHead)
 BOX_HEAD_REPRESENTATION = 1024
 
@@ -41,7 +46,7 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
                 norm: Optional[str] = None, min_size: Union[int, Sequence[int]] = 800,
                 max_size: int = 1333, freeze_at: int = 0, fpn_channels: Optional[int] = None,
                 anchor_ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS,
-                **maskrcnn_kwargs: Any) -> MaskRCNN:
+                mask_resolution: int = 28, **maskrcnn_kwargs: Any) -> MaskRCNN:
     """A torchvision ``MaskRCNN`` on backbone ``backbone``.
 
     Args:
@@ -56,6 +61,10 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
             (default 0.5, 1, 2 as in torchvision and detectron2, the study's setting). Page
             regions are often far wider than tall (a lyrics line is 20-40x wider than
             tall); ratios like 0.1 and 0.25 give the RPN anchors of that shape.
+        mask_resolution: side M of the predicted masks [N, 1, M, M]: 28 as torchvision
+            (RoIAlign to 14 x 14, the predictor's transposed conv doubles it) or 56 (RoIAlign
+            to 28 x 28) for long thin regions, whose 28-pixel mask rows are coarse along
+            their short side. The weights are the same shapes either way.
         maskrcnn_kwargs: passed to torchvision's ``MaskRCNN`` (e.g.
             ``box_detections_per_img``, ``rpn_batch_size_per_image``).
 
@@ -82,6 +91,11 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
         classes_argument = None
     else:
         classes_argument = num_classes
+    if mask_resolution % 2 or mask_resolution < 2:
+        raise ValueError(f"mask_resolution must be even and positive, got {mask_resolution}")
+    if mask_resolution != 2 * MASK_ROI_SIZE:
+        maskrcnn_kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(
+            FPN_LEVELS, output_size=mask_resolution // 2, sampling_ratio=2))
     ratios = tuple(float(ratio) for ratio in anchor_ratios)
     if not ratios or min(ratios) <= 0:
         raise ValueError(f"anchor ratios must be positive, got {anchor_ratios!r}")
@@ -108,6 +122,7 @@ def build_model_from_config(config: TrainConfig, num_classes: int, *,
                        norm=config.resolved_norm, min_size=config.min_size,
                        max_size=config.max_size, freeze_at=config.freeze_at,
                        fpn_channels=config.fpn_channels, anchor_ratios=config.anchor_ratios,
+                       mask_resolution=config.mask_resolution,
                        box_batch_size_per_image=config.rois_per_image)
 
 

@@ -73,7 +73,8 @@ class RunRecord:
         summary: summary.json (training time, energy summary) or None.
         log: log.jsonl rows (epoch, iteration, lr, loss, ...), in file order.
         history: metrics_history.jsonl rows (``{"epoch", "bbox", "segm"}``).
-        energy: energy.csv rows, numeric columns as floats (None where empty).
+        energy: rows of energy.csv and of the other timelines (see
+            :func:`_read_energy_timelines`), numeric columns as floats (None where empty).
         finished: checkpoint_final.pth exists.
     """
 
@@ -152,6 +153,42 @@ def _read_energy_csv(path: Path, warnings: List[str]) -> List[Dict[str, Any]]:
     return rows
 
 
+#: energy.csv, and the timelines of other nodes (energy-rankN.csv) and of resumed
+#: segments (energy-from-iterationN.csv, energy-rankN-from-iterationM.csv)
+ENERGY_TIMELINE = re.compile(r"energy(?:-rank(\d+))?(?:-from-iteration(\d+))?\.csv")
+
+
+def _read_energy_timelines(folder: Path, warnings: List[str]) -> List[Dict[str, Any]]:
+    """Every energy timeline of a run as one list of rows: a resumed segment's times
+    continue from the end of the segment before it (``time_s`` from the run's first
+    start), and the GPUs of another node are named ``N@rankR`` (``gpu_index``)."""
+    segments: Dict[int, List[Tuple[int, Path]]] = {}
+    for path in folder.glob("energy*.csv"):
+        match = ENERGY_TIMELINE.fullmatch(path.name)
+        if match:
+            rank, iteration = int(match.group(1) or 0), int(match.group(2) or 0)
+            segments.setdefault(rank, []).append((iteration, path))
+    rows: List[Dict[str, Any]] = []
+    for rank, files in sorted(segments.items()):
+        offset = 0.0
+        for _, path in sorted(files):
+            segment = _read_energy_csv(path, warnings)
+            for row in segment:
+                row = dict(row, node=rank)
+                if isinstance(row.get("time_s"), float):
+                    row["time_s"] += offset
+                if rank and row.get("gpu_index") is not None:
+                    row["gpu_index"] = f"{_gpu_name(row['gpu_index'])}@rank{rank}"
+                rows.append(row)
+            times = [row["time_s"] for row in segment if isinstance(row.get("time_s"), float)]
+            offset += max(times, default=0.0)
+    return rows
+
+
+def _gpu_name(gpu: Any) -> str:
+    return str(int(gpu)) if isinstance(gpu, float) and gpu.is_integer() else str(gpu)
+
+
 def _check_metrics(metrics: Dict[str, Any], path: Path) -> None:
     """metrics.json must hold {"bbox": {...}, "segm": {...}} with numbers."""
     if not any(task in metrics for task, _ in TASKS):
@@ -205,7 +242,7 @@ def load_run(path: os.PathLike | str, warnings: Optional[List[str]] = None) -> R
         path=folder, name=folder.resolve().name, config=config, facts=facts, metrics=metrics,
         summary=summary, log=_read_jsonl(folder / "log.jsonl", warnings),
         history=_read_jsonl(folder / "metrics_history.jsonl", warnings),
-        energy=_read_energy_csv(folder / "energy.csv", warnings), finished=finished)
+        energy=_read_energy_timelines(folder, warnings), finished=finished)
 
 
 def _read_config(path: Path) -> Tuple[TrainConfig, Dict[str, Any]]:
@@ -522,8 +559,7 @@ def plot_gpu_memory(runs: Sequence[RunRecord], labels: Sequence[str]) -> Optiona
             gpu = row.get("gpu_index")
             if time_s is None or memory is None or gpu is None:
                 continue
-            gpu_name = str(int(gpu)) if isinstance(gpu, float) and gpu.is_integer() else str(gpu)
-            by_gpu.setdefault(gpu_name, []).append((time_s, memory))
+            by_gpu.setdefault(_gpu_name(gpu), []).append((time_s, memory))
         if by_gpu:
             series.append((label, by_gpu))
     if not series:

@@ -98,7 +98,8 @@ def summary_markdown(config: "TrainConfig", summary: Dict[str, Any]) -> str:
              f"{config.batch_size} x {summary['world_size']} processes, train images: "
              f"{summary['train_size']}, iterations: {summary['iterations']}",
              f"- training time: {format_duration(summary['training_time_s'])}, "
-             f"{summary['images_per_s']:.2f} images/s", ""]
+             f"{summary['images_per_s']:.2f} images/s",
+             *_stability_lines(summary), ""]
     energy = summary.get("energy")
     if energy:
         row = efficiency_row(dict(energy, duration_s=summary["training_time_s"]))
@@ -110,5 +111,29 @@ def summary_markdown(config: "TrainConfig", summary: Dict[str, Any]) -> str:
         if rss:
             lines.append(f"- peak process memory (RSS): {rss:,.0f} MiB")
         lines.append("")
-    lines += ["## Evaluation on the test split", "", ap_table(summary["metrics"]), ""]
+    lines += ["## Evaluation on the test split", "", *_evaluated_lines(summary),
+              ap_table(summary["metrics"]), ""]
     return "\n".join(lines)
+
+
+def _stability_lines(summary: Dict[str, Any]) -> List[str]:
+    """Why the run stopped, and how often the NaN policy and clipping acted."""
+    lines = []
+    if summary.get("stop_reason"):
+        lines.append(f"- stopped: {summary['stop_reason']}")
+    if "skipped_steps" in summary:
+        lines.append(f"- steps skipped for a NaN/inf loss: {summary['skipped_steps']}; "
+                     f"steps whose gradients were clipped: {summary.get('clipped_steps', 0)} "
+                     f"of {summary['iterations']}")
+    return lines
+
+
+def _evaluated_lines(summary: Dict[str, Any]) -> List[str]:
+    evaluated = summary.get("evaluated")
+    if not evaluated:
+        return []
+    text = f"Weights: {evaluated['checkpoint']} (iteration {evaluated['iteration']}"
+    if evaluated.get("best_metric"):
+        text += (f", the best {evaluated['best_metric']} on the {evaluated['split']} split: "
+                 f"{evaluated['value']:.2f}")
+    return [text + ").", ""]

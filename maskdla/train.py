@@ -24,27 +24,31 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, TextIO
+from typing import Any, Dict, List, Optional, Sequence, Set, TextIO, Tuple
 
 import torch
 from torch.utils.data import DataLoader
 
 from maskdla import distributed
 from maskdla.backbones import BACKBONES, NORMS
-from maskdla.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from maskdla.checkpoint import (checkpoint_config, load_checkpoint, restore_rng, rng_state,
+                                save_checkpoint)
 from maskdla.cli import non_negative_float, positive_int, run_main
-from maskdla.config import AMP_MODES, LOADER_PASSES, LR_REFERENCE_BATCH, TrainConfig
+from maskdla.config import (AMP_MODES, LOADER_PASSES, LR_REFERENCE_BATCH, MASK_RESOLUTIONS,
+                            TrainConfig)
 from maskdla.data.dataset import Dataset, collate_fn
 from maskdla.data.pagexml import parse_class_map
 from maskdla.data.samplers import EpochBatches
-from maskdla.data.sources import run_datasets
+from maskdla.data.sources import RunData, run_data
 from maskdla.energy import EnergyMeter, add_energy, merge_node_summaries, should_measure
 from maskdla.errors import InputError
 from maskdla.evaluation import evaluate
 from maskdla.files import write_bytes_atomic, write_json_atomic
 from maskdla.inference import resolve_device
+from maskdla.finetune import init_from_checkpoint
 from maskdla.model import build_model_from_config
-from maskdla.schedule import LR_STEP_PRESETS, SchedulePlan, build_scheduler, plan
+from maskdla.schedule import (LR_STEP_PRESETS, SHORT_RUN_WARMUP, SchedulePlan, build_scheduler,
+                              plan, warmup_iterations)
 from maskdla.tables import ap_table, format_duration, summary_markdown
 
 __all__ = ["TrainConfig", "TrainHooks", "TrainingDiverged", "Run", "fit", "main"]
@@ -61,6 +65,9 @@ class TrainHooks:
     benchmark's clock, a TensorBoard writer). Every method is a no-op here; a subclass
     overrides what it needs. Hooks run on every rank."""
 
+    def started(self, run: "Run") -> None:
+        """The run is set up and about to take its first step (of this segment)."""
+
     def batch_ready(self, iteration: int, wait_s: float) -> None:
         """A batch arrived for step ``iteration + 1``, after ``wait_s`` seconds in the loader."""
 
@@ -71,12 +78,84 @@ class TrainHooks:
         """A line of log.jsonl was made (on rank 0 only it is also written)."""
 
     def evaluated(self, iteration: int, metrics: Dict[str, Any]) -> None:
-        """An evaluation on the test split at ``iteration`` ended."""
+        """An evaluation during training (validation split, else test) at ``iteration`` ended."""
+
+    def finished(self, summary: Dict[str, Any]) -> None:
+        """The run ended (summary.json's contents), or stopped early."""
+
+
+class HookList(TrainHooks):
+    """Several hooks as one, called in order."""
+
+    def __init__(self, hooks: Sequence[TrainHooks]):
+        self.hooks = list(hooks)
+
+    def started(self, run: "Run") -> None:
+        for hook in self.hooks:
+            hook.started(run)
+
+    def batch_ready(self, iteration: int, wait_s: float) -> None:
+        for hook in self.hooks:
+            hook.batch_ready(iteration, wait_s)
+
+    def step_done(self, iteration: int, losses: torch.Tensor) -> None:
+        for hook in self.hooks:
+            hook.step_done(iteration, losses)
+
+    def logged(self, record: Dict[str, Any]) -> None:
+        for hook in self.hooks:
+            hook.logged(record)
+
+    def evaluated(self, iteration: int, metrics: Dict[str, Any]) -> None:
+        for hook in self.hooks:
+            hook.evaluated(iteration, metrics)
+
+    def finished(self, summary: Dict[str, Any]) -> None:
+        for hook in self.hooks:
+            hook.finished(summary)
 
 
 # --------------------------------------------------------------------------------------------
 # the run's state
 # --------------------------------------------------------------------------------------------
+
+class Stability:
+    """Steps skipped for a NaN/inf loss or gradient, and steps whose gradients clipping
+    scaled down (counted on the device: no host sync per step)."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self.in_a_row = 0
+        self.clipped: Optional[torch.Tensor] = None
+        self.clipped_before = 0
+
+    def count_clipped(self, clipped: torch.Tensor) -> None:
+        self.clipped = clipped.long() if self.clipped is None else self.clipped + clipped
+
+    @property
+    def clipped_steps(self) -> int:
+        return self.clipped_before + (int(self.clipped) if self.clipped is not None else 0)
+
+    def counts(self) -> Dict[str, int]:
+        return {"skipped_steps": self.skipped, "clipped_steps": self.clipped_steps}
+
+    def restore(self, progress: Dict[str, Any]) -> None:
+        self.skipped = int(progress.get("skipped_steps", 0))
+        self.clipped_before = int(progress.get("clipped_steps", 0))
+
+
+@dataclass
+class Selection:
+    """Model selection by ``--best-metric``: the best value so far, where it was reached,
+    evaluations since, and why the run stops early (``--patience``)."""
+
+    best: Optional[float] = None
+    best_iteration: Optional[int] = None
+    since_best: int = 0
+    stop_reason: Optional[str] = None
+    #: (iteration, split) of the last evaluation, and its metrics
+    last: Optional[Dict[str, Any]] = None
+
 
 @dataclass
 class Run:
@@ -93,12 +172,16 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     test_set: Dataset
+    #: the split evaluations during training use: validation, else None (then: test)
+    val_set: Optional[Dataset] = None
     iteration: int = 0
     #: training time and energy of the earlier segments of a resumed run
     earlier: Dict[str, Any] = field(default_factory=lambda: {"training_time_s": 0.0,
                                                               "energy": None})
     meter: Optional[EnergyMeter] = None
     started: float = field(default_factory=time.perf_counter)
+    stability: "Stability" = field(default_factory=lambda: Stability())
+    selection: "Selection" = field(default_factory=lambda: Selection())
 
     @property
     def run_dir(self) -> Path:
@@ -118,17 +201,38 @@ class Run:
     def autocast_dtype(self) -> Optional[torch.dtype]:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
 
+    @property
+    def parameters(self) -> List[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
     def say(self, message: str) -> None:
         if self.context.is_main:
             print(message, flush=True)
 
     def progress(self) -> Dict[str, Any]:
-        """Training time and energy so far, this segment and the earlier ones together."""
+        """Training time and energy so far, this segment and the earlier ones together,
+        the steps skipped and clipped, and where model selection stands."""
         nodes = [summary for summary in distributed.all_gather_objects(
             self.meter.summary() if self.meter else None) if summary is not None]
         energy = merge_node_summaries(nodes) if nodes else None
         return {"training_time_s": self.earlier["training_time_s"] + time.perf_counter() - self.started,
-                "energy": add_energy(self.earlier["energy"], energy)}
+                "energy": add_energy(self.earlier["energy"], energy),
+                **self.stability.counts(), "selection": dataclasses.asdict(self.selection)}
+
+    def restore(self, checkpoint: Dict[str, Any]) -> None:
+        """Continue from a training checkpoint (a resumed run)."""
+        self.bare_model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.iteration = int(checkpoint["iteration"])
+        progress = checkpoint.get("progress", {})
+        self.earlier = {"training_time_s": progress.get("training_time_s", 0.0),
+                        "energy": progress.get("energy")}
+        self.stability.restore(progress)
+        self.selection = Selection(**progress.get("selection", {}))
+        rng = checkpoint["rng"]
+        restore_rng(rng[min(self.context.rank, len(rng) - 1)])
 
     def checkpoint(self) -> Dict[str, Any]:
         """Everything a resumed run needs (docs/training.md lists the keys)."""
@@ -145,20 +249,27 @@ class Run:
 # setting a run up
 # --------------------------------------------------------------------------------------------
 
-def fit(config: TrainConfig, hooks: Optional[TrainHooks] = None) -> Dict[str, Any]:
-    """Train (or resume) the run ``config`` describes; evaluate on the test split at the end.
+def fit(config: TrainConfig, hooks: Sequence[TrainHooks] = ()) -> Dict[str, Any]:
+    """Train (or resume) the run ``config`` describes; evaluate on the test split at the end
+    (the best checkpoint's weights where ``--eval-every`` kept one).
 
     Returns the run's summary (also written to summary.json; metrics under "metrics"), or
     ``{"stopped_at_iteration": N}`` when ``stop_after_iterations`` ended the run early.
-    Raises InputError for bad settings or data, TrainingDiverged on a NaN/inf loss.
+    Raises InputError for bad settings or data, TrainingDiverged when the loss stays
+    NaN/inf for ``nonfinite_limit`` steps in a row.
     """
     config.validate()
     device = resolve_device(config.device)
+    watchers = list(hooks)
+    if config.tensorboard:
+        from maskdla.tensorboard import TensorBoardWriter  # the extra, only when asked for
+
+        watchers.append(TensorBoardWriter())
     context = distributed.init_distributed(device.type)
     if device.type == "cuda" and context.enabled:
         device = torch.device("cuda", context.local_rank)
     try:
-        return _fit(config, device, context, hooks or TrainHooks())
+        return _fit(config, device, context, HookList(watchers))
     finally:
         distributed.shutdown_distributed()
 
@@ -166,25 +277,26 @@ def fit(config: TrainConfig, hooks: Optional[TrainHooks] = None) -> Dict[str, An
 def _fit(config: TrainConfig, device: torch.device, context: distributed.DistributedContext,
          hooks: TrainHooks) -> Dict[str, Any]:
     amp = resolve_amp(config.amp, device)
-    config = dataclasses.replace(config, norm=config.resolved_norm)
     seed_everything(config.seed + context.rank, config.deterministic)
     checkpoint = None
     resume_path = _resume_path(config, config.run_dir)
     if resume_path is not None:
         checkpoint = load_checkpoint(resume_path)
-        _check_resumable(config, checkpoint, resume_path)
+        config = _resumed_config(config, checkpoint, resume_path)
+    config = dataclasses.replace(config, norm=config.resolved_norm)
 
-    train_set, test_set = run_datasets(config)
-    run = build_run(config, device, context, amp, train_set, test_set, checkpoint)
+    data = run_data(config)
+    run = build_run(config, device, context, amp, data, checkpoint)
     if checkpoint is not None:
         run.say(f"resumed from {resume_path} at iteration {run.iteration} "
                 f"(epoch {run.iteration / run.schedule.iterations_per_epoch:g})")
-    batches = EpochBatches(train_set, config.batch_size, seed=config.seed, rank=context.rank,
+    batches = EpochBatches(data.train, config.batch_size, seed=config.seed, rank=context.rank,
                            world_size=context.world_size)
-    loader = build_loader(config, train_set, batches, device, context.rank)
-    _prepare_run_dir(run, fresh=checkpoint is None, train_size=len(train_set))
+    loader = build_loader(config, data.train, batches, device, context.rank)
+    _prepare_run_dir(run, fresh=checkpoint is None, train_size=len(data.train))
     run.meter = _energy_meter(run)
     start_iteration, run.started = run.iteration, time.perf_counter()
+    hooks.started(run)
     try:
         if run.meter:
             run.meter.start()
@@ -192,24 +304,30 @@ def _fit(config: TrainConfig, device: torch.device, context: distributed.Distrib
     finally:
         if run.meter:
             run.meter.stop()
-    if run.iteration < run.schedule.total_iterations:
+    if run.iteration < run.schedule.total_iterations and run.selection.stop_reason is None:
         run.say(f"stopped at iteration {run.iteration} as asked; resume with --resume auto")
-        return {"stopped_at_iteration": run.iteration}
-    return finish(run, start_iteration, len(train_set))
+        summary: Dict[str, Any] = {"stopped_at_iteration": run.iteration}
+    else:
+        summary = finish(run, start_iteration, len(data.train))
+    hooks.finished(summary)
+    return summary
 
 
 def build_run(config: TrainConfig, device: torch.device, context: distributed.DistributedContext,
-              amp: str, train_set: Dataset, test_set: Dataset,
-              checkpoint: Optional[Dict[str, Any]]) -> Run:
+              amp: str, data: RunData, checkpoint: Optional[Dict[str, Any]]) -> Run:
     """Model, optimizer, LR schedule and scaler of the run, restored from ``checkpoint``
     (a resumed run) or fresh; prints the schedule."""
-    schedule = plan(config.epochs, len(train_set), config.batch_size, context.world_size,
+    schedule = plan(config.epochs, len(data.train), config.batch_size, context.world_size,
                     config.lr_steps)
-    classes = train_set.classes
+    classes = data.train.classes
     if context.is_main:
         print(f"run: {config.run_dir}  backbone: {config.backbone}  device: {device}  amp: {amp}\n"
-              f"{schedule.describe()}", flush=True)
+              f"{schedule.describe()}\n{_splits(data)}", flush=True)
     model = build_model_from_config(config, len(classes) + 1, with_pretrained=checkpoint is None)
+    if config.init_from and checkpoint is None:
+        transfer = init_from_checkpoint(model, config.init_from, classes)
+        if context.is_main:
+            print(transfer.describe(), flush=True)
     model.to(device)
     if context.enabled:
         if config.norm == "syncbn" and device.type == "cuda":
@@ -220,20 +338,19 @@ def build_run(config: TrainConfig, device: torch.device, context: distributed.Di
     lr = config.lr * (schedule.total_batch_size / LR_REFERENCE_BATCH if config.scale_lr else 1)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 momentum=config.momentum, weight_decay=config.weight_decay)
-    # Warmup is capped at a tenth of the run, so short runs are not all warmup.
-    warmup = min(config.warmup_iters, schedule.total_iterations // 10)
+    warmup = warmup_iterations(config.warmup_iters, schedule.total_iterations)
     run = Run(config, device, context, amp, schedule, classes, model, optimizer,
               build_scheduler(optimizer, schedule, config.gamma, warmup),
-              torch.amp.GradScaler(device.type, enabled=amp == "fp16"), test_set)
+              torch.amp.GradScaler(device.type, enabled=amp == "fp16"), data.test, data.val)
     if checkpoint is not None:
-        run.bare_model.load_state_dict(checkpoint["model"])
-        run.optimizer.load_state_dict(checkpoint["optimizer"])
-        run.scheduler.load_state_dict(checkpoint["scheduler"])
-        run.scaler.load_state_dict(checkpoint["scaler"])
-        run.iteration = int(checkpoint["iteration"])
-        run.earlier = checkpoint.get("progress", run.earlier)
-        restore_rng(checkpoint["rng"][min(context.rank, len(checkpoint["rng"]) - 1)])
+        run.restore(checkpoint)
     return run
+
+
+def _splits(data: RunData) -> str:
+    if data.val is None:
+        return f"test set: {len(data.test)} images (evaluations during training use it)"
+    return f"validation set: {len(data.val)} images, test set: {len(data.test)} images"
 
 
 def build_loader(config: TrainConfig, dataset: Dataset, batches: EpochBatches,
@@ -281,12 +398,12 @@ def _energy_meter(run: Run) -> Optional[EnergyMeter]:
 # --------------------------------------------------------------------------------------------
 
 def train_to_end(run: Run, loader: DataLoader, batches: EpochBatches, hooks: TrainHooks) -> None:
-    """Step ``run`` from its iteration to :attr:`Run.stop_at`: one loader pass per epoch, or
-    one for the rest of the run (``--loader-pass run``)."""
+    """Step ``run`` from its iteration to :attr:`Run.stop_at` (or an early stop): one loader
+    pass per epoch, or one for the rest of the run (``--loader-pass run``)."""
     output = RunOutput(run)
     run.model.train()
     try:
-        while run.iteration < run.stop_at:
+        while run.iteration < run.stop_at and run.selection.stop_reason is None:
             # The sampler's epochs are whole batches: with per_epoch not an integer
             # (fractional epochs), an iteration's sampler epoch is iteration // per epoch.
             epoch, skip = divmod(run.iteration, batches.per_epoch)
@@ -306,16 +423,15 @@ def train_one_pass(run: Run, loader: DataLoader, output: "RunOutput", hooks: Tra
     for images, targets in loader:
         wait = time.perf_counter() - waiting_since
         hooks.batch_ready(run.iteration, wait)
-        losses = train_step(run, images, targets)
+        losses, skipped = train_step(run, images, targets)
         run.scheduler.step()
         run.iteration += 1
+        _count_nonfinite(run, skipped)
         hooks.step_done(run.iteration, losses)
-        output.window.add(losses, wait)
+        output.window.add(losses, wait, skipped)
         output.bar.update(1)
         if output.due_log():
-            _check_finite(output.window, run)
-            record = output.write_log()
-            hooks.logged(record)
+            hooks.logged(output.write_log())
         if run.iteration in output.checkpoint_at:
             state = run.checkpoint()
             if run.context.is_main:
@@ -323,13 +439,20 @@ def train_one_pass(run: Run, loader: DataLoader, output: "RunOutput", hooks: Tra
         if run.iteration in output.evaluate_at:
             hooks.evaluated(run.iteration, evaluate_during_training(run))
             run.model.train()
+            if run.selection.stop_reason is not None:
+                return
         waiting_since = time.perf_counter()
 
 
 def train_step(run: Run, images: List[torch.Tensor], targets: List[Dict[str, torch.Tensor]]
-               ) -> torch.Tensor:
-    """One optimisation step on a batch; returns the loss terms (``LOSS_NAMES`` order) as a
-    detached tensor on the device, so that reading them needs no host synchronisation."""
+               ) -> Tuple[torch.Tensor, bool]:
+    """One optimisation step on a batch, gradients clipped to ``clip_grad_norm``.
+
+    Returns the loss terms (``LOSS_NAMES`` order) as a detached tensor on the device, and
+    whether the step was skipped: a NaN/inf loss (or gradient norm) changes no weight and
+    no optimizer state, as GradScaler does for fp16 overflows. That decision is the one
+    host synchronisation of the step (taken alike on every rank).
+    """
     device = run.device
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()}
@@ -340,27 +463,59 @@ def train_step(run: Run, images: List[torch.Tensor], targets: List[Dict[str, tor
     loss = sum(losses[name] for name in LOSS_NAMES)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
+    nonfinite = ~torch.isfinite(loss.detach())
+    clip = run.config.clip_grad_norm
+    if clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(run.parameters, clip)
+        run.stability.count_clipped(norm > clip)
+        if not run.scaler.is_enabled():  # under fp16 an inf gradient is the scaler's to handle
+            nonfinite |= ~torch.isfinite(norm)
+    skipped = bool(distributed.any_rank(nonfinite))
+    if not skipped or run.scaler.is_enabled():
+        run.scaler.step(run.optimizer)
     run.scaler.update()
-    return torch.stack([losses[name].detach().float() for name in LOSS_NAMES])
+    return torch.stack([losses[name].detach().float() for name in LOSS_NAMES]), skipped
+
+
+def _count_nonfinite(run: Run, skipped: bool) -> None:
+    """Count a skipped step; ``nonfinite_limit`` in a row stop the run."""
+    stability = run.stability
+    if not skipped:
+        stability.in_a_row = 0
+        return
+    stability.skipped += 1
+    stability.in_a_row += 1
+    run.say(f"iteration {run.iteration}: NaN or infinite loss, step skipped "
+            f"({stability.in_a_row} in a row, {stability.skipped} in all)")
+    if stability.in_a_row >= run.config.nonfinite_limit:
+        last = run.run_dir / "checkpoint_last.pth"
+        raise TrainingDiverged(
+            f"the loss became NaN or infinite by iteration {run.iteration} "
+            f"({stability.in_a_row} steps in a row, --nonfinite-limit "
+            f"{run.config.nonfinite_limit}); stopped before saving anything from it. The last "
+            f"good checkpoint is {last if last.exists() else 'none'}: lower --lr, raise "
+            "--warmup-iters, lower --clip-grad-norm or use --amp off/bf16, then --resume.")
 
 
 class LossWindow:
     """Loss sums between two log lines, on the device (no host sync inside the step), and
-    the time spent waiting for data."""
+    the time spent waiting for data. Skipped steps count, their losses do not."""
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(len(LOSS_NAMES), device=device)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        self.reset()
+        self.reset(0)
 
-    def reset(self) -> None:
+    def reset(self, clipped_before: int) -> None:
         self.sums.zero_()
-        self.steps, self.data_s, self.started = 0, 0.0, time.perf_counter()
+        self.steps, self.skipped, self.data_s = 0, 0, 0.0
+        self.clipped_before, self.started = clipped_before, time.perf_counter()
 
-    def add(self, losses: torch.Tensor, data_s: float) -> None:
-        self.sums += losses
-        self.nonfinite |= ~torch.isfinite(losses.sum())
+    def add(self, losses: torch.Tensor, data_s: float, skipped: bool) -> None:
+        if skipped:
+            self.skipped += 1
+        else:
+            self.sums += losses
         self.steps += 1
         self.data_s += data_s
 
@@ -375,8 +530,12 @@ class RunOutput:
         total, per_epoch = run.schedule.total_iterations, run.schedule.iterations_per_epoch
         self.stop_at, self.log_every = run.stop_at, run.config.log_every
         self.checkpoint_at = _every(run.config.checkpoint_every, per_epoch, total)
-        self.evaluate_at = _every(run.config.eval_every, per_epoch, total) - {total}
+        # the end of the schedule is evaluated too when evaluations pick the best weights
+        self.evaluate_at = _every(run.config.eval_every, per_epoch, total)
+        if not run.config.eval_every:
+            self.evaluate_at.clear()
         self.window = LossWindow(run.device)
+        self.window.reset(run.stability.clipped_steps)
         self.bar = tqdm(total=total, initial=run.iteration, disable=not run.context.is_main,
                         unit="it", dynamic_ncols=True, file=sys.stderr)
         self.file: Optional[TextIO] = (open(run.run_dir / "log.jsonl", "a")
@@ -392,26 +551,49 @@ class RunOutput:
     def write_log(self) -> Dict[str, Any]:
         """The window's line of log.jsonl (losses averaged across ranks); starts a new window."""
         run, window = self.run, self.window
-        means = distributed.all_reduce_mean(window.sums / window.steps).tolist()
+        finite = window.steps - window.skipped
+        means = (distributed.all_reduce_mean(window.sums / finite).tolist() if finite
+                 else [None] * len(LOSS_NAMES))
         elapsed = time.perf_counter() - window.started
+        clipped = run.stability.clipped_steps
         record = {"epoch": run.iteration / run.schedule.iterations_per_epoch,
                   "iteration": run.iteration, "lr": run.optimizer.param_groups[0]["lr"],
-                  "loss": sum(means), **dict(zip(LOSS_NAMES, means)),
+                  "loss": sum(means) if finite else None, **dict(zip(LOSS_NAMES, means)),
                   "time": time.perf_counter() - self.started,
                   "images_per_s": window.steps * run.schedule.total_batch_size / elapsed,
-                  "data_wait_percent": 100 * window.data_s / elapsed}
+                  "data_wait_percent": 100 * window.data_s / elapsed,
+                  "skipped_steps": window.skipped, "clipped_steps": clipped - window.clipped_before,
+                  **_resources(run)}
         if self.file:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
-        self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                             img_s=f"{record['images_per_s']:.1f}")
-        window.reset()
+        if finite:
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                 img_s=f"{record['images_per_s']:.1f}")
+        window.reset(clipped)
         return record
 
     def close(self) -> None:
         self.bar.close()
         if self.file:
             self.file.close()
+
+
+def _resources(run: Run) -> Dict[str, float]:
+    """GPU memory (this process's peak), power and energy so far (this node's meter,
+    earlier segments included) for the log line; only what is measured."""
+    figures: Dict[str, float] = {}
+    if run.device.type == "cuda":
+        figures["gpu_memory_mib"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+    if run.meter is not None:
+        energy = run.meter.summary()
+        powers = [gpu["mean_power_w"] for gpu in energy["gpus"] if gpu.get("mean_power_w")]
+        if powers:
+            figures["gpu_power_w"] = sum(powers)
+        if energy["energy_kwh"] is not None:
+            before = (run.earlier["energy"] or {}).get("energy_kwh") or 0.0
+            figures["energy_kwh"] = before + energy["energy_kwh"]
+    return figures
 
 
 def _every(epochs: float, per_epoch: float, total: int) -> Set[int]:
@@ -423,26 +605,61 @@ def _every(epochs: float, per_epoch: float, total: int) -> Set[int]:
     return {point for point in points if 0 < point <= total}
 
 
-def _check_finite(window: LossWindow, run: Run) -> None:
-    if bool(window.nonfinite):
-        last = run.run_dir / "checkpoint_last.pth"
-        raise TrainingDiverged(
-            f"the loss became NaN or infinite by iteration {run.iteration}; stopped before saving "
-            f"anything from it. The last good checkpoint is {last if last.exists() else 'none'}: "
-            "lower --lr, raise --warmup-iters or use --amp off/bf16, then --resume.")
-
-
 def evaluate_during_training(run: Run) -> Dict[str, Any]:
-    """COCO metrics of the model on the test split; appended to metrics_history.jsonl."""
-    metrics = evaluate(run.bare_model, run.test_set, batch_size=run.config.batch_size,
+    """COCO metrics of the model on the validation split (else the test split), appended to
+    metrics_history.jsonl; keeps checkpoint_best.pth by ``--best-metric`` and decides an
+    early stop by ``--patience``."""
+    split, dataset = ("val", run.val_set) if run.val_set is not None else ("test", run.test_set)
+    metrics = evaluate(run.bare_model, dataset, batch_size=run.config.batch_size,
                        device=run.device, amp=run.amp != "off")
+    value = metric_value(metrics, run.config.best_metric)
+    improved = _select(run, value)
+    if improved:  # the checkpoint holds the selection state that chose it
+        state = run.checkpoint()
+        if run.context.is_main:
+            save_checkpoint(state, run.run_dir / "checkpoint_best.pth")
+    run.selection.last = {"iteration": run.iteration, "split": split, "metrics": metrics}
     if run.context.is_main:
         epoch = run.iteration / run.schedule.iterations_per_epoch
         with open(run.run_dir / "metrics_history.jsonl", "a") as file:
-            file.write(json.dumps({"epoch": epoch, "iteration": run.iteration, **metrics}) + "\n")
-        run.say(f"epoch {epoch:g}: bbox AP {metrics['bbox']['AP']:.2f}, "
-                f"segm AP {metrics['segm']['AP']:.2f}")
+            file.write(json.dumps({"epoch": epoch, "iteration": run.iteration, "split": split,
+                                   **metrics, "best_metric": run.config.best_metric,
+                                   "value": value, "best": improved}) + "\n")
+        run.say(f"epoch {epoch:g} ({split}): bbox AP {metrics['bbox']['AP']:.2f}, segm AP "
+                f"{metrics['segm']['AP']:.2f}; {run.config.best_metric} {value:.2f}"
+                + (" (best so far)" if improved else f", best {run.selection.best:.2f}"))
     return metrics
+
+
+def metric_value(metrics: Dict[str, Any], path: str) -> float:
+    """The figure at dotted ``path`` (``segm.AP``, ``bbox.AP50``, ``segm.per_class.staff``)
+    of a metrics.json dict; InputError naming the path and the keys there otherwise."""
+    value: Any = metrics
+    for depth, key in enumerate(path.split(".")):
+        if not isinstance(value, dict) or key not in value:
+            where = ".".join(path.split(".")[:depth]) or "metrics.json"
+            keys = ", ".join(sorted(value)) if isinstance(value, dict) else "none"
+            raise InputError(f"--best-metric {path}: {where} has no {key!r} (keys: {keys})")
+        value = value[key]
+    if not isinstance(value, (int, float)):
+        raise InputError(f"--best-metric {path}: not a number but {type(value).__name__}")
+    return float(value)
+
+
+def _select(run: Run, value: float) -> bool:
+    """Record an evaluation's value; True when it is the best so far (higher is better)."""
+    selection, patience = run.selection, run.config.patience
+    if selection.best is None or value > selection.best:
+        selection.best, selection.best_iteration, selection.since_best = value, run.iteration, 0
+        return True
+    selection.since_best += 1
+    if patience and selection.since_best >= patience:
+        selection.stop_reason = (
+            f"early stop at iteration {run.iteration}: {run.config.best_metric} did not "
+            f"improve on {selection.best:.2f} (iteration {selection.best_iteration}) for "
+            f"{patience} evaluations")
+        run.say(selection.stop_reason)
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,7 +667,8 @@ def evaluate_during_training(run: Run) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 def finish(run: Run, start_iteration: int, train_size: int) -> Dict[str, Any]:
-    """Final checkpoint, evaluation on the test split, summary.json/summary.md."""
+    """Final checkpoint, evaluation on the test split (of the best checkpoint where one was
+    kept), summary.json/summary.md."""
     segment_time = time.perf_counter() - run.started
     # Every rank must end with the same weights; a checksum per rank makes that visible.
     checksums = distributed.all_gather_objects(parameter_checksum(run.bare_model))
@@ -459,15 +677,17 @@ def finish(run: Run, start_iteration: int, train_size: int) -> Dict[str, Any]:
     final = run.checkpoint()
     if run.context.is_main:
         save_checkpoint(final, run.run_dir / "checkpoint_final.pth")
-    metrics = evaluate(run.bare_model, run.test_set, batch_size=run.config.batch_size,
-                       device=run.device, amp=run.amp != "off")
+    evaluated, metrics = _test_evaluation(run)
     images = (run.iteration - start_iteration) * run.schedule.total_batch_size
     training_time = final["progress"]["training_time_s"]
     summary = {"training_time_s": training_time, "images_per_s": images / segment_time,
                "epochs": run.config.epochs, "iterations": run.iteration,
                "world_size": run.context.world_size, "train_size": train_size,
+               "val_size": len(run.val_set) if run.val_set is not None else None,
                "backbone": run.config.backbone,
                "energy": final["progress"]["energy"] if run.config.energy else None,
+               "stop_reason": run.selection.stop_reason or "end of the schedule",
+               **run.stability.counts(), "evaluated": evaluated,
                "parameter_checksums": checksums, "metrics": metrics}
     if run.context.is_main:
         write_json_atomic(run.run_dir / "metrics.json", metrics)
@@ -478,6 +698,29 @@ def finish(run: Run, start_iteration: int, train_size: int) -> Dict[str, Any]:
         run.say(f"training time {format_duration(training_time)}, "
                 f"{summary['images_per_s']:.2f} images/s; run folder {run.run_dir}")
     return summary
+
+
+def _test_evaluation(run: Run) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(which weights were tested, their test metrics): checkpoint_best.pth's where
+    evaluations kept one, else the final weights."""
+    selection = run.selection
+    evaluated: Dict[str, Any] = {"checkpoint": "checkpoint_final.pth", "iteration": run.iteration}
+    if selection.best_iteration is not None:
+        evaluated = {"checkpoint": "checkpoint_best.pth", "iteration": selection.best_iteration,
+                     "best_metric": run.config.best_metric, "value": selection.best,
+                     "split": "val" if run.val_set is not None else "test"}
+        if selection.best_iteration != run.iteration:
+            distributed.barrier()  # rank 0 wrote it
+            best = load_checkpoint(run.run_dir / "checkpoint_best.pth")
+            run.bare_model.load_state_dict(best["model"])
+    run.say(f"test evaluation of {evaluated['checkpoint']} (iteration {evaluated['iteration']}"
+            + (f", {evaluated['best_metric']} {evaluated['value']:.2f} on {evaluated['split']})"
+               if "best_metric" in evaluated else ")"))
+    last = selection.last
+    if last and last["split"] == "test" and last["iteration"] == evaluated["iteration"]:
+        return evaluated, last["metrics"]
+    return evaluated, evaluate(run.bare_model, run.test_set, batch_size=run.config.batch_size,
+                               device=run.device, amp=run.amp != "off")
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,19 +774,26 @@ def _resume_path(config: TrainConfig, run_dir: Path) -> Optional[Path]:
     return path
 
 
-#: settings that fix the model's shape: a resumed run must ask for the checkpoint's
-RESUME_MUST_MATCH = ("backbone", "norm", "min_size", "max_size", "fpn_channels", "anchor_ratios")
+#: settings that fix the model: a resumed run must ask for the checkpoint's
+RESUME_MUST_MATCH = ("backbone", "norm", "min_size", "max_size", "fpn_channels", "anchor_ratios",
+                     "mask_resolution")
 
 
-def _check_resumable(config: TrainConfig, checkpoint: Dict[str, Any], path: Path) -> None:
+def _resumed_config(config: TrainConfig, checkpoint: Dict[str, Any], path: Path) -> TrainConfig:
+    """``config`` for resuming ``checkpoint``: a norm left to its default is the
+    checkpoint's (a ``--pretrained`` run resumes without repeating the flag); the
+    settings of :data:`RESUME_MUST_MATCH` must match."""
     if "optimizer" not in checkpoint or "iteration" not in checkpoint:
         raise InputError("cannot resume: not a training checkpoint (no optimizer state)", path)
-    saved = TrainConfig.from_dict(checkpoint["config"])
+    saved = checkpoint_config(checkpoint, path)
+    if config.norm is None:
+        config = dataclasses.replace(config, norm=saved.resolved_norm)
     for key in RESUME_MUST_MATCH:
         if getattr(saved, key) != getattr(config, key):
             raise InputError(f"cannot resume: the checkpoint was trained with "
                              f"{key}={getattr(saved, key)!r}, this run asks for "
                              f"{getattr(config, key)!r}", path)
+    return config
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,31 +825,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m maskdla.train", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = parser.add_argument
-    add("--config", metavar="FILE", help="a saved TrainConfig (.json or .toml); flags given "
-        "next to it override its settings")
-    data = parser.add_argument_group("data (no --data and no --train-ann: the embedded synthetic corpus)")
-    data.add_argument("--data", help="dataset folder: DATA/train/*.jpg with its PAGE or ALTO "
-                      "files in DATA/train/page/, DATA/train/alto/ or next to the images; "
-                      "same for test/")
-    data.add_argument("--train-ann", help="COCO JSON of the training split")
-    data.add_argument("--train-images", help="image folder of --train-ann (default: its folder)")
-    data.add_argument("--test-ann", help="COCO JSON of the test split")
-    data.add_argument("--test-images", help="image folder of --test-ann (default: its folder)")
-    data.add_argument("--classes", nargs="+", help="class names in label order (default: sorted names found)")
-    data.add_argument("--class-map", nargs="+", default=[], metavar="OLD=NEW",
-                      help="rename or merge classes (paragraph=text); OLD= drops a class, "
-                           "*= drops every class not named")
-    data.add_argument("--fold-subtypes", action="store_true",
-                      help="fold SegmOnto sub-types to their main type (MainZone#1 -> MainZone) "
-                           "before the class map")
-    data.add_argument("--synthetic-pages", type=positive_int, default=defaults.synthetic_pages,
-                      help="synthetic corpus: pages in all")
-    data.add_argument("--synthetic-train", type=positive_int, default=defaults.synthetic_train,
-                      help="synthetic corpus: pages in the train split (the rest is test)")
-    data.add_argument("--synthetic-width", type=positive_int, default=defaults.synthetic_width,
-                      help="synthetic corpus: page width in pixels")
+    parser.add_argument("--config", metavar="FILE", help="a saved TrainConfig (.json or "
+                        ".toml); flags given next to it override its settings")
+    _data_flags(parser.add_argument_group(
+        "data (no --data and no --train-ann: the embedded synthetic corpus)"), defaults)
+    _model_flags(parser.add_argument_group("model"), defaults)
+    _optimisation_flags(parser.add_argument_group("optimisation"), defaults)
+    _run_flags(parser.add_argument_group("run folder, evaluation, devices"), defaults)
+    return parser
+
+
+def _data_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
+    add = group.add_argument
+    add("--data", help="dataset folder: DATA/train/*.jpg with its PAGE or ALTO files in "
+        "DATA/train/page/, DATA/train/alto/ or next to the images; same for test/ (and val/: "
+        "the validation split)")
+    add("--train-ann", help="COCO JSON of the training split")
+    add("--train-images", help="image folder of --train-ann (default: its folder)")
+    add("--test-ann", help="COCO JSON of the test split")
+    add("--test-images", help="image folder of --test-ann (default: its folder)")
+    add("--val-fraction", type=_fraction, default=defaults.val_fraction,
+        help="validation split: this fraction of the train pages, drawn by --seed (0: "
+             "DATA/val/ when present, else evaluations during training use the test split)")
+    add("--classes", nargs="+", help="class names in label order (default: sorted names found)")
+    add("--class-map", nargs="+", default=[], metavar="OLD=NEW",
+        help="rename or merge classes (paragraph=text); OLD= drops a class, *= drops every "
+             "class not named")
+    add("--fold-subtypes", action="store_true",
+        help="fold SegmOnto sub-types to their main type (MainZone#1 -> MainZone) before the "
+             "class map")
+    add("--synthetic-pages", type=positive_int, default=defaults.synthetic_pages,
+        help="synthetic corpus: pages in all")
+    add("--synthetic-train", type=positive_int, default=defaults.synthetic_train,
+        help="synthetic corpus: pages in the train split (the rest is test)")
+    add("--synthetic-width", type=positive_int, default=defaults.synthetic_width,
+        help="synthetic corpus: page width in pixels")
+    add("--min-size", type=_min_sizes, default=defaults.min_size,
+        help="short side at training; several (640,672,704) pick one per image; test uses the last")
+    add("--max-size", type=positive_int, default=defaults.max_size, help="cap on the long side")
+    add("--brightness-contrast", type=_fraction, default=defaults.brightness_contrast,
+        help="augmentation: random brightness and contrast factors in [1 - x, 1 + x] (0: off)")
+    add("--workers", type=int, default=defaults.workers, help="data loader worker processes per process")
+    add("--cache-images", action="store_true",
+        help="keep decoded training images in memory after the first epoch (faster loading, ~3 MB/page/worker)")
+    add("--loader-pass", choices=LOADER_PASSES, default=defaults.loader_pass,
+        help="epoch (default): a new pass over the data loader each epoch; run: one pass for "
+             "the whole run, so prefetching goes on through epoch ends (less data wait where "
+             "the workers have cores of their own)")
+
+
+def _model_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
+    add = group.add_argument
     add("--backbone", default=defaults.backbone, help=f"one of: {', '.join(sorted(BACKBONES))}")
+    add("--norm", choices=NORMS, help="normalisation (default: frozenbn with --pretrained, else gn)")
+    add("--pretrained", help="state dict file for the backbone body, or 'imagenet' (resnet50/101; downloads)")
+    add("--init-from", metavar="CHECKPOINT", help="start a new run (new schedule and optimizer) "
+        "from a trained maskdla model: every weight whose shape fits is kept, the class layers "
+        "are rebuilt for other classes, keeping the rows of classes shared by name")
+    add("--freeze-at", type=int, default=defaults.freeze_at, help="leading stages frozen (stem = 1)")
+    add("--fpn-channels", type=positive_int, help="FPN width (default 256; 128 for vovnet19lite/slim)")
+    add("--anchor-ratios", type=_ratios, default=defaults.anchor_ratios,
+        help="RPN anchor aspect ratios height/width, e.g. 0.1,0.25,0.5,1,2 for wide text lines "
+             "(default 0.5,1,2 as in the study)")
+    add("--mask-resolution", type=int, choices=MASK_RESOLUTIONS, default=defaults.mask_resolution,
+        help="side of the predicted masks: 28 (torchvision's) or 56 (finer along the short "
+             "side of long thin regions: lyrics lines, running titles, margin notes)")
+    add("--rois-per-image", type=positive_int, default=defaults.rois_per_image,
+        help="RoIs sampled per image for the box head's loss (fewer: faster CPU steps)")
+
+
+def _optimisation_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
+    add = group.add_argument
     add("--epochs", type=float, default=defaults.epochs, help="epochs to train (fractions allowed)")
     add("--batch-size", type=positive_int, default=defaults.batch_size, help="images per process and iteration")
     add("--lr", type=float, default=defaults.lr,
@@ -613,42 +909,46 @@ def build_parser() -> argparse.ArgumentParser:
              "of training), explicit epochs '300,400', fractions '0.4,0.7', or 'none'")
     add("--gamma", type=float, default=defaults.gamma, help="LR factor at each milestone")
     add("--warmup-iters", type=int, default=defaults.warmup_iters,
-        help="linear warmup iterations (at most a tenth of the run)")
-    add("--min-size", type=_min_sizes, default=defaults.min_size,
-        help="short side at training; several (640,672,704) pick one per image; test uses the last")
-    add("--max-size", type=positive_int, default=defaults.max_size, help="cap on the long side")
-    add("--norm", choices=NORMS, help="normalisation (default: frozenbn with --pretrained, else gn)")
-    add("--pretrained", help="state dict file for the backbone body, or 'imagenet' (resnet50/101; downloads)")
-    add("--freeze-at", type=int, default=defaults.freeze_at, help="leading stages frozen (stem = 1)")
-    add("--fpn-channels", type=positive_int, help="FPN width (default 256; 128 for vovnet19lite/slim)")
-    add("--anchor-ratios", type=_ratios, default=defaults.anchor_ratios,
-        help="RPN anchor aspect ratios height/width, e.g. 0.1,0.25,0.5,1,2 for wide text lines "
-             "(default 0.5,1,2 as in the study)")
-    add("--rois-per-image", type=positive_int, default=defaults.rois_per_image,
-        help="RoIs sampled per image for the box head's loss (fewer: faster CPU steps)")
+        help=f"linear warmup iterations: at most a tenth of the run, but at least "
+             f"{SHORT_RUN_WARMUP} (or half of a shorter run)")
+    add("--clip-grad-norm", type=non_negative_float, default=defaults.clip_grad_norm,
+        help="clip the gradients' global L2 norm to this (0: off)")
+    add("--nonfinite-limit", type=positive_int, default=defaults.nonfinite_limit,
+        help="steps with a NaN/inf loss are skipped; this many in a row stop the run")
     add("--amp", choices=AMP_MODES, help="mixed precision (default: bf16 on CUDA where supported, else off)")
-    add("--workers", type=int, default=defaults.workers, help="data loader worker processes per process")
-    add("--cache-images", action="store_true",
-        help="keep decoded training images in memory after the first epoch (faster loading, ~3 MB/page/worker)")
-    add("--loader-pass", choices=LOADER_PASSES, default=defaults.loader_pass,
-        help="epoch (default): a new pass over the data loader each epoch; run: one pass for "
-             "the whole run, so prefetching goes on through epoch ends (less data wait where "
-             "the workers have cores of their own)")
     add("--seed", type=int, default=defaults.seed, help="random seed")
     add("--deterministic", action="store_true", help="deterministic algorithms (resumed runs end with identical weights on CPU)")
+
+
+def _run_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
+    add = group.add_argument
     add("--out", help="run folder (default runs/BACKBONE-EPOCHSep)")
     add("--resume", nargs="?", const="auto", help="resume from PATH, or 'auto': the run folder's checkpoint_last.pth")
     add("--checkpoint-every", type=non_negative_float, default=defaults.checkpoint_every,
         help="epochs between checkpoint_last.pth saves (0: only at the end)")
     add("--eval-every", type=non_negative_float, default=defaults.eval_every,
-        help="epochs between evaluations on the test split (0: at the end only)")
+        help="epochs between evaluations on the validation split (else the test split), "
+             "which keep checkpoint_best.pth (0: only the final test evaluation)")
+    add("--best-metric", default=defaults.best_metric,
+        help="what checkpoint_best.pth maximises: a dotted path into metrics.json "
+             "(segm.AP, segm.AP50, bbox.AP, segm.per_class.NAME, ...)")
+    add("--patience", type=int, default=defaults.patience,
+        help="stop after this many evaluations without a better --best-metric (0: never)")
     add("--log-every", type=positive_int, default=defaults.log_every, help="iterations between log.jsonl lines")
+    add("--tensorboard", action="store_true",
+        help="also write TensorBoard event files to RUN/tensorboard (the 'tensorboard' extra)")
     add("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     add("--no-energy", dest="energy", action="store_false", help="do not run the energy meter")
     add("--energy-interval", type=float, default=defaults.energy_interval, help="seconds between energy samples")
     add("--price-per-kwh", type=non_negative_float, default=defaults.price_per_kwh, help="electricity price for the cost")
     add("--currency", default=defaults.currency, help="currency of --price-per-kwh")
-    return parser
+
+
+def _fraction(text: str) -> float:
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
 
 
 def config_from_argv(argv: Optional[Sequence[str]] = None) -> TrainConfig:

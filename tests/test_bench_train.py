@@ -88,3 +88,15 @@ def test_tiny_loader_benchmark_reports_every_pipeline(tmp_path, monkeypatch, cap
         assert figures[key] > 0, key
     assert figures["regions_per_page"] == 25 and figures["pages"] == 2
     assert dataset_module.simplejpeg is simplejpeg
+
+
+@pytest.mark.slow  # 10-60 s on the shared 2-core CPU
+def test_a_diverging_benchmark_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["train", "--size", "64x96", "--batch-size", "1", "--steps", "6", "--warmup", "1",
+                 "--repeats", "1", "--workers", "0", "--rois-per-image", "16", "--device", "cpu",
+                 "--lr", "1e12", "--json"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("maskdla: bench train stopped: the loss became NaN or infinite")
+    assert not any("Traceback" in line for line in error)
+    assert list(tmp_path.iterdir()) == []

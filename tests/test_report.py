@@ -240,3 +240,26 @@ def test_plots_are_valid_pngs_and_html_is_self_contained(study_runs, tmp_path):
     # Offline: nothing is fetched from elsewhere.
     assert "http://" not in text and "https://" not in text
     assert "<td>82.1 %</td>" in text
+
+
+def test_other_nodes_and_resumed_segments_energy_timelines_are_read(tmp_path):
+    """energy-rankN.csv (another node's meter) and energy-from-iterationN.csv (a resumed
+    segment) are part of the run: a segment's times continue the one before it."""
+    run = write_run(tmp_path, "multi", "resnet50", 10, "default",
+                    _metrics((1, 2, 3, 4, 5, 6), (1, 2, 3, 4, 5, 6)),
+                    _summary(600, [3000], 0.1, 0.02))
+    for name, gpu, times in (("energy-from-iteration40.csv", 0, (0, 10, 20)),
+                             ("energy-rank4.csv", 0, (0, 10)),
+                             ("energy-rank4-from-iteration40.csv", 1, (5,)),
+                             ("energy-notes.csv", 0, (1,))):
+        with open(run / name, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["time_s", "gpu_index", "power_w", "energy_j", "memory_used_mib"])
+            for second in times:
+                writer.writerow([second, gpu, 150.0, 150.0 * second, 2000])
+    rows = load_run(run).energy
+    first = [row for row in rows if row["node"] == 0]
+    assert [row["time_s"] for row in first][-3:] == [290.0, 300.0, 310.0]  # 290 = energy.csv's end
+    other = [(row["time_s"], row["gpu_index"]) for row in rows if row["node"] == 4]
+    assert other == [(0.0, "0@rank4"), (10.0, "0@rank4"), (15.0, "1@rank4")]
+    assert len(rows) == 30 + 3 + 3  # energy-notes.csv is not a timeline

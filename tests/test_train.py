@@ -114,7 +114,7 @@ def tiny_config(corpus, out, **overrides):
     values = dict(backbone="vovnet19slim", data=str(corpus), epochs=2, batch_size=2,
                   min_size=[96], max_size=160, workers=0, seed=1, deterministic=True,
                   out=str(out), warmup_iters=0, checkpoint_every=0.5, log_every=1,
-                  device="cpu", energy=False, lr=0.01, rois_per_image=64)
+                  device="cpu", energy=False, lr=0.01, rois_per_image=64, clip_grad_norm=1.0)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -123,6 +123,7 @@ def tiny_config(corpus, out, **overrides):
 def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_same_weights(corpus, tmp_path):
     reference = train(tiny_config(corpus, tmp_path / "uninterrupted"))
     assert reference["iterations"] == 8
+    assert 0 < reference["clipped_steps"] <= 8  # tiny_config clips at 1.0: clipping acts
     # 4 iterations per epoch, checkpoints every 2: killed at iteration 3, mid-epoch,
     # after the checkpoint of iteration 2
     interrupted = tiny_config(corpus, tmp_path / "interrupted", stop_after_iterations=3)
@@ -137,6 +138,7 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_same_weights(corpus, t
     different = [key for key in expected if not torch.equal(expected[key], actual[key])]
     assert different == []
     assert resumed["parameter_checksums"] == reference["parameter_checksums"]
+    assert resumed["clipped_steps"] == reference["clipped_steps"]  # counted across segments
     # the resumed run's log continues where the checkpoint left off
     log = [json.loads(line) for line in (tmp_path / "interrupted" / "log.jsonl").read_text().splitlines()]
     assert [record["iteration"] for record in log] == [1, 2, 3, 3, 4, 5, 6, 7, 8]
@@ -167,28 +169,36 @@ def test_run_folder_contents_and_summary(corpus, tmp_path):
     assert summary["energy"]["method"] == "unavailable"  # no GPU here
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+def _poison_training_losses(monkeypatch, poisoned, term, factor):
+    """Make ``train`` build models whose training forward number ``n`` (1-based) multiplies
+    the loss ``term`` by ``factor`` (NaN, inf) when ``poisoned(n)``."""
     import maskdla.train as train_module
 
     real_build_model = train_module.build_model_from_config
     calls = {"forward": 0}
 
-    def build_model_that_diverges(*args, **kwargs):
+    def build_poisoned_model(*args, **kwargs):
         model = real_build_model(*args, **kwargs)
         forward = model.forward
 
         def poisoned_forward(images, targets=None):
             losses = forward(images, targets)
-            calls["forward"] += 1
-            if model.training and calls["forward"] >= 3:  # iteration 3 diverges
-                losses["loss_mask"] = losses["loss_mask"] * float("nan")
+            if model.training:
+                calls["forward"] += 1
+                if poisoned(calls["forward"]):
+                    losses[term] = losses[term] * factor
             return losses
 
         model.forward = poisoned_forward
         return model
 
-    monkeypatch.setattr(train_module, "build_model_from_config", build_model_that_diverges)
-    config = tiny_config(corpus, tmp_path / "run", epochs=1, log_every=10)
+    monkeypatch.setattr(train_module, "build_model_from_config", build_poisoned_model)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    # iteration 3 diverges, and every one after it
+    _poison_training_losses(monkeypatch, lambda number: number >= 3, "loss_mask", float("nan"))
+    config = tiny_config(corpus, tmp_path / "run", epochs=1, log_every=10, nonfinite_limit=2)
     with pytest.raises(TrainingDiverged, match="NaN or infinite by iteration 4.*checkpoint_last.pth"):
         train(config)
     last = load_checkpoint(tmp_path / "run" / "checkpoint_last.pth")
@@ -230,6 +240,11 @@ def test_a_malicious_checkpoint_is_refused_and_runs_no_code(tmp_path, capsys):
     (["--data", "/nonexistent/data"], "/nonexistent/data"),
     (["--resume", "/nonexistent/last.pth"], "checkpoint file not found"),
     (["--class-map", "paragraph"], "expected OLD=NEW"),
+    (["--patience", "3"], "--patience counts evaluations: give --eval-every too"),
+    (["--best-metric", "segm."], "--best-metric 'segm.': expected a dotted path"),
+    (["--mask-resolution", "32"], "invalid choice: 32"),
+    (["--clip-grad-norm", "-1"], "expected a finite number >= 0"),
+    (["--val-fraction", "1"], "expected a number in [0, 1)"),
 ])
 def test_bad_flags_give_one_clear_message_and_exit_2(argv, message, tmp_path, capsys):
     if not torch.cuda.is_available() or "cuda" not in " ".join(argv):
@@ -381,3 +396,169 @@ def test_load_model_hands_back_the_config_as_a_train_config(tmp_path):
     assert isinstance(checkpoint["config"], TrainConfig)
     assert checkpoint["config"] == dataclasses.replace(config, norm=None)
     assert loaded.transform.min_size == (64,)
+
+
+# ------------------------------------------------------------------ training that holds up
+
+def test_warmup_protects_short_runs_and_stays_a_tenth_of_long_ones():
+    from maskdla.schedule import warmup_iterations
+
+    assert warmup_iterations(1000, 12) == 6  # was 1 (a tenth)
+    assert warmup_iterations(1000, 192) == 50
+    assert warmup_iterations(1000, 1_000) == 100
+    assert warmup_iterations(1000, 28_800) == 1000
+    assert warmup_iterations(0, 12) == 0  # --warmup-iters 0 still turns it off
+    assert warmup_iterations(1000, 1) == 0
+
+
+def test_one_nan_step_is_skipped_counted_and_the_run_finishes(corpus, tmp_path, monkeypatch):
+    _poison_training_losses(monkeypatch, lambda number: number == 2, "loss_box_reg", float("inf"))
+    summary = train(tiny_config(corpus, tmp_path / "run", epochs=1, checkpoint_every=0))
+    assert summary["iterations"] == 4 and summary["skipped_steps"] == 1
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [record["skipped_steps"] for record in log] == [0, 1, 0, 0]
+    assert log[1]["loss"] is None and all(record["loss"] > 0 for record in log[::2])
+    final = load_checkpoint(tmp_path / "run" / "checkpoint_final.pth")["model"]
+    assert all(torch.isfinite(value).all() for value in final.values() if value.is_floating_point())
+    assert "steps skipped for a NaN/inf loss: 1" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_resuming_a_pretrained_run_needs_no_pretrained_flag(tmp_path):
+    from maskdla.train import _resumed_config
+
+    saved = TrainConfig(backbone="vovnet19slim", pretrained="body.pth", norm="frozenbn")
+    checkpoint = {"optimizer": {}, "iteration": 2, "config": saved.to_dict()}
+    resumed = _resumed_config(TrainConfig(backbone="vovnet19slim", resume="auto"), checkpoint,
+                              tmp_path / "checkpoint_last.pth")
+    assert resumed.norm == "frozenbn"
+    with pytest.raises(InputError, match="trained with norm='frozenbn', this run asks for 'gn'"):
+        _resumed_config(TrainConfig(backbone="vovnet19slim", norm="gn"), checkpoint, tmp_path)
+    with pytest.raises(InputError, match="mask_resolution=28, this run asks for 56"):
+        _resumed_config(TrainConfig(backbone="vovnet19slim", mask_resolution=56), checkpoint,
+                        tmp_path)
+
+
+def test_best_metric_paths_and_patience():
+    from types import SimpleNamespace
+
+    from maskdla.train import Selection, _select, metric_value
+
+    metrics = {"bbox": {"AP": 40.0}, "segm": {"AP": 30.0, "AP50": 55.5,
+                                              "per_class": {"staff": 61.0}}}
+    assert metric_value(metrics, "segm.AP50") == 55.5
+    assert metric_value(metrics, "segm.per_class.staff") == 61.0
+    with pytest.raises(InputError, match="--best-metric layout.region_f1: metrics.json has no "
+                                         "'layout' \\(keys: bbox, segm\\)"):
+        metric_value(metrics, "layout.region_f1")
+    run = SimpleNamespace(selection=Selection(), iteration=0, say=lambda message: None,
+                          config=TrainConfig(eval_every=1, patience=2, best_metric="segm.AP"))
+    decisions = []
+    for run.iteration, value in ((10, 30.0), (20, 31.0), (30, 31.0), (40, 29.0), (50, 35.0)):
+        decisions.append(_select(run, value))
+        if run.selection.stop_reason:
+            break
+    assert decisions == [True, True, False, False]  # ties do not count as better
+    assert run.selection.best == 31.0 and run.selection.best_iteration == 20
+    assert run.selection.stop_reason.startswith("early stop at iteration 40: segm.AP did not "
+                                                "improve on 31.00 (iteration 20) for 2")
+
+
+@pytest.mark.slow
+def test_validation_split_best_checkpoint_early_stop_and_tensorboard(corpus, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # LR 1e-12: the weights stay put, so the second evaluation cannot improve on the first
+    run = tmp_path / "run"
+    summary = train(tiny_config(corpus, run, epochs=3, lr=1e-12, weight_decay=0.0,
+                                val_fraction=0.25, eval_every=1, patience=1,
+                                best_metric="segm.AP50", tensorboard=True))
+    assert summary["val_size"] == 2 and summary["train_size"] == 6
+    # 3 iterations per epoch: evaluations at 3 and 6, then patience 1 stops the run
+    assert summary["stop_reason"].startswith("early stop at iteration 6: segm.AP50")
+    assert summary["iterations"] == 6
+    history = [json.loads(line) for line in (run / "metrics_history.jsonl").read_text().splitlines()]
+    assert [(row["iteration"], row["split"], row["best"]) for row in history] == [
+        (3, "val", True), (6, "val", False)]
+    best = load_checkpoint(run / "checkpoint_best.pth")
+    assert best["iteration"] == 3
+    assert summary["evaluated"] == {"checkpoint": "checkpoint_best.pth", "iteration": 3,
+                                    "best_metric": "segm.AP50", "value": history[0]["value"],
+                                    "split": "val"}
+    assert "Weights: checkpoint_best.pth (iteration 3" in (run / "summary.md").read_text()
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss/total", "loss/mask", "lr", "speed/images_per_s", "speed/data_wait_percent",
+            "val/segm/AP", "val/bbox/AP50", "final_test/segm/AP"} <= scalars
+    assert [event.step for event in events.Scalars("val/segm/AP50")] == [3, 6]
+    assert {"overlay/0", "overlay/1"} <= set(events.Tags()["images"])
+
+
+def test_tensorboard_without_its_package_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(InputError, match=r"pip install 'maskdla\[tensorboard\]'"):
+        train(TrainConfig(tensorboard=True, out=str(tmp_path / "run"), device="cpu"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_mask_resolution_56_predicts_56_pixel_masks_and_trains(corpus):
+    from maskdla.data.dataset import Dataset, collate_fn
+    from maskdla.inference import raw_detections
+    from maskdla.model import build_model_from_config
+
+    config = TrainConfig(backbone="vovnet19slim", min_size=[96], max_size=160,
+                         mask_resolution=56, rois_per_image=32)
+    model = build_model_from_config(config, num_classes=4)
+    assert model.roi_heads.mask_roi_pool.output_size == (28, 28)
+    images, targets = collate_fn([Dataset.from_folder(corpus, "train", min_size=96,
+                                                      max_size=160)[0]])
+    losses = model.train()(images, targets)
+    assert torch.isfinite(losses["loss_mask"])
+    model.eval().roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        detections, _ = raw_detections(model, images)
+    assert detections[0]["masks"].shape[1:] == (1, 56, 56)
+
+
+def test_brightness_contrast_reaches_the_training_view_only(corpus):
+    from maskdla.data.sources import run_data
+    from maskdla.train import config_from_argv
+
+    config = config_from_argv(["--data", str(corpus), "--brightness-contrast", "0.3",
+                               "--min-size", "96", "--max-size", "160"])
+    data = run_data(config)
+    assert data.train.brightness_contrast == 0.3 and data.test.brightness_contrast == 0.0
+    assert data.val is None
+
+
+@pytest.mark.slow
+def test_init_from_starts_a_new_run_from_a_trained_model_with_other_classes(corpus, tmp_path,
+                                                                           capsys):
+    first = tmp_path / "first"
+    train(tiny_config(corpus, first, epochs=0.5))
+    trained = load_checkpoint(first / "checkpoint_final.pth")
+    # the new corpus: staff and lyrics merged into one "music" class, drop-capital kept
+    config = tiny_config(corpus, tmp_path / "second", epochs=0.5, seed=7,
+                         init_from=str(first / "checkpoint_final.pth"),
+                         class_map={"staff": "music", "lyrics": "music"})
+    summary = train(config)
+    assert summary["iterations"] == 2  # a new schedule, not the first run's
+    out = capsys.readouterr().out
+    assert "class layers rebuilt" in out and "drop-capital" in out
+    second = load_checkpoint(tmp_path / "second" / "checkpoint_final.pth")
+    assert second["classes"] == ["drop-capital", "music"]
+    assert second["config"]["init_from"] == str(first / "checkpoint_final.pth")
+    # the body started from the trained weights: it stays much closer to them than a run
+    # from scratch with the same seed
+    body = [key for key in trained["model"] if key.startswith("backbone.body.")
+            and trained["model"][key].is_floating_point()]
+    scratch = tmp_path / "scratch"
+    train(tiny_config(corpus, scratch, epochs=0.5, seed=7, class_map=config.class_map))
+    fresh = load_checkpoint(scratch / "checkpoint_final.pth")
+
+    def distance(state):
+        return sum(float((state[key] - trained["model"][key]).abs().sum()) for key in body)
+
+    assert distance(second["model"]) < 0.5 * distance(fresh["model"])
+    with pytest.raises(InputError, match="--init-from"):
+        TrainConfig(init_from="x.pth", pretrained="y.pth").validate()

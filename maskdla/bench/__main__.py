@@ -6,12 +6,14 @@ import importlib
 import json
 import os
 import platform
+import sys
 from typing import Optional, Sequence
 
 import torch
 
 from maskdla.bench import BENCHMARKS
 from maskdla.cli import run_main
+from maskdla.train import TrainingDiverged
 
 
 def machine_description() -> str:
@@ -43,7 +45,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         module.add_arguments(sub)
     args = parser.parse_args(argv)
     print(f"machine: {machine_description()}")
-    result = modules[args.benchmark].run(args)
+    try:
+        result = modules[args.benchmark].run(args)
+    except TrainingDiverged as error:  # a finding of the benchmark, not a bug: one line
+        print(f"maskdla: bench {args.benchmark} stopped: {error}", file=sys.stderr)
+        return 1
     if args.json:
         result = dict(result, machine=machine_description())
         print(json.dumps(result, sort_keys=True))

@@ -48,7 +48,7 @@ import maskdla.train as training
 from maskdla.cli import positive_int
 from maskdla.config import TrainConfig
 from maskdla.data.samplers import EpochBatches
-from maskdla.data.sources import run_datasets
+from maskdla.data.sources import run_data
 from maskdla.data.synthetic import generate_corpus
 from maskdla.errors import InputError
 from maskdla.model import build_model_from_config
@@ -108,6 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interleaved repeats of ours and bare; medians are reported (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr,
+                        help="learning rate of both loops (default 0.02, the study's)")
     parser.add_argument("--rois-per-image", type=positive_int, default=TrainConfig.rois_per_image,
                         help="RoIs sampled per image for the box head's loss (default 512, as training)")
     parser.add_argument("--page-width", type=positive_int,
@@ -214,7 +216,7 @@ def run_ours(config: TrainConfig, device: torch.device, warmup: int, steps: int)
     _reset_peak(device)
     quiet = io.StringIO()  # the run's messages and progress bar, out of the table
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        training.fit(config, hooks)
+        training.fit(config, [hooks])
     return LoopResult(*hooks.clock.window(warmup, warmup + steps), _peak(device),
                       hooks.first_losses)
 
@@ -226,7 +228,7 @@ def rebuild(config: TrainConfig, device: torch.device
     same batch sampler)."""
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    train_set, _ = run_datasets(config)
+    train_set = run_data(config).train
     model = build_model_from_config(config, len(train_set.classes) + 1,
                                     with_pretrained=True).to(device)
     batches = EpochBatches(train_set, config.batch_size, seed=config.seed)
@@ -380,6 +382,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         def config(repeat: int) -> TrainConfig:
             return TrainConfig(
                 backbone=args.backbone, data=str(corpus), epochs=2, batch_size=args.batch_size,
+                lr=args.lr,
                 min_size=[short], max_size=long, rois_per_image=args.rois_per_image, amp=amp,
                 workers=args.workers, seed=0, out=str(Path(temporary) / f"run{repeat}"),
                 energy=False, device=str(device), stop_after_iterations=iterations)

@@ -2,19 +2,40 @@
 
 A run's :class:`~maskdla.config.TrainConfig` names its data in one of three ways, first
 match wins: ``train_ann``/``test_ann`` (COCO JSON files with ``train_images``/
-``test_images``), ``data`` (a dataset folder: DATA/train, DATA/test), or neither: the
-embedded synthetic corpus (``synthetic_pages``, ``synthetic_train``, ``synthetic_width``,
-seed 0), generated once and cached.
+``test_images``), ``data`` (a dataset folder: DATA/train, DATA/test, and DATA/val when
+there is one), or neither: the embedded synthetic corpus (``synthetic_pages``,
+``synthetic_train``, ``synthetic_width``, seed 0), generated once and cached. A validation
+split is DATA/val, or ``val_fraction`` of the train pages drawn by ``seed``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Sequence
 
 from maskdla.data.dataset import Dataset
 from maskdla.data.synthetic import default_corpus
+from maskdla.errors import InputError
 
 if TYPE_CHECKING:  # data comes before the config in the package's flow
     from maskdla.config import TrainConfig
+
+
+class RunData(NamedTuple):
+    """A run's splits: ``train`` (training view), ``val`` (None without one), ``test``."""
+
+    train: Dataset
+    val: Optional[Dataset]
+    test: Dataset
+
+
+def _view(config: "TrainConfig", train: bool) -> Dict[str, Any]:
+    """Dataset options of the training view (augmentation, every ``min_size``) or of the
+    test view (the last ``min_size``)."""
+    return dict(max_size=config.max_size, train=train,
+                min_size=tuple(config.min_size) if train else config.min_size[-1],
+                cache=train and config.cache_images,
+                brightness_contrast=config.brightness_contrast if train else 0.0)
 
 
 def run_dataset(config: "TrainConfig", split: str, *, train: bool = False,
@@ -25,23 +46,55 @@ def run_dataset(config: "TrainConfig", split: str, *, train: bool = False,
     images come at the test size (the last ``min_size``). ``classes`` fixes the label
     order (a checkpoint's); default the config's, else the data's sorted class names.
     """
-    options = dict(classes=list(classes) if classes is not None else config.classes,
-                   class_map=config.class_map,
-                   fold_subtypes=config.fold_subtypes, max_size=config.max_size,
-                   min_size=tuple(config.min_size) if train else config.min_size[-1],
-                   train=train, cache=train and config.cache_images)
+    options = dict(_view(config, train), class_map=config.class_map,
+                   fold_subtypes=config.fold_subtypes,
+                   classes=list(classes) if classes is not None else config.classes)
     if config.train_ann or config.test_ann:
         given = getattr(config, f"{split}_ann", None)
         annotations = given or config.test_ann
         images = getattr(config, f"{split}_images") if given else config.test_images
         return Dataset.from_coco(annotations, images, **options)
-    root = config.data or default_corpus(pages=config.synthetic_pages,
-                                         train=config.synthetic_train,
-                                         width=config.synthetic_width)
-    return Dataset.from_folder(root, split, **options)
+    return Dataset.from_folder(_root(config), split, **options)
 
 
-def run_datasets(config: "TrainConfig") -> Tuple[Dataset, Dataset]:
-    """The run's (train, test) datasets; test uses the train set's class order."""
+def _root(config: "TrainConfig") -> Path:
+    return Path(config.data or default_corpus(pages=config.synthetic_pages,
+                                              train=config.synthetic_train,
+                                              width=config.synthetic_width))
+
+
+def run_data(config: "TrainConfig") -> RunData:
+    """The run's splits; val and test use the train set's class order."""
     train_set = run_dataset(config, "train", train=True)
-    return train_set, run_dataset(config, "test", classes=train_set.classes)
+    test_set = run_dataset(config, "test", classes=train_set.classes)
+    folder = _root(config) / "val" if not (config.train_ann or config.test_ann) else None
+    if folder is not None and folder.is_dir():
+        if config.val_fraction:
+            raise InputError("--val-fraction: the data has a val/ split already; drop the "
+                             "flag or the folder", folder)
+        return RunData(train_set, run_dataset(config, "val", classes=train_set.classes),
+                       test_set)
+    if not config.val_fraction:
+        return RunData(train_set, None, test_set)
+    return RunData(*split_off(train_set, config), test_set)
+
+
+def split_off(train_set: Dataset, config: "TrainConfig") -> tuple:
+    """(train, val): ``config.val_fraction`` of the train pages (at least one, never all),
+    drawn by ``config.seed``, become the validation split at the test view."""
+    ids = sorted(image["id"] for image in train_set.coco["images"])
+    count = min(max(1, round(config.val_fraction * len(ids))), len(ids) - 1)
+    if count < 1:
+        raise InputError(f"--val-fraction {config.val_fraction:g}: the train split has "
+                         f"{len(ids)} page(s), too few to split")
+    val_ids = set(random.Random(config.seed).sample(ids, count))
+    return (_subset(train_set, set(ids) - val_ids, _view(config, True)),
+            _subset(train_set, val_ids, _view(config, False)))
+
+
+def _subset(dataset: Dataset, ids: set, options: Dict[str, Any]) -> Dataset:
+    coco = {"images": [image for image in dataset.coco["images"] if image["id"] in ids],
+            "annotations": [annotation for annotation in dataset.coco["annotations"]
+                            if annotation["image_id"] in ids],
+            "categories": dataset.coco["categories"]}
+    return Dataset(coco, dataset.image_dir, classes=dataset.classes, **options)
