@@ -256,7 +256,7 @@ def _upgrade(values: Dict[str, Any]) -> Dict[str, Any]:
         backbone = str(values.get("backbone", TrainConfig.backbone))
         if version != 1 or backbone not in V1_ROWS:
             raise InputError(f"vovnet_version {version!r} with backbone {backbone!r}: only the "
-                             f"study's VoVNets ({', '.join(V1_ROWS)}) have a version 1")
+                             f"VoVNet backbones have a version 1 ({', '.join(V1_ROWS)})")
         values["backbone"] = V1_ROWS[backbone]
     for item in dataclasses.fields(TrainConfig):
         has_default = item.default is not None or item.default_factory is not dataclasses.MISSING
