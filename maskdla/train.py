@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import sys
@@ -611,7 +612,7 @@ def evaluate_during_training(run: Run) -> Dict[str, Any]:
     early stop by ``--patience``."""
     split, dataset = ("val", run.val_set) if run.val_set is not None else ("test", run.test_set)
     metrics = evaluate(run.bare_model, dataset, batch_size=run.config.batch_size,
-                       device=run.device, amp=run.amp != "off")
+                       device=run.device, amp=run.amp != "off", layout=_selects_by_layout(run))
     value = metric_value(metrics, run.config.best_metric)
     improved = _select(run, value)
     if improved:  # the checkpoint holds the selection state that chose it
@@ -624,7 +625,8 @@ def evaluate_during_training(run: Run) -> Dict[str, Any]:
         with open(run.run_dir / "metrics_history.jsonl", "a") as file:
             file.write(json.dumps({"epoch": epoch, "iteration": run.iteration, "split": split,
                                    **metrics, "best_metric": run.config.best_metric,
-                                   "value": value, "best": improved}) + "\n")
+                                   "value": value if math.isfinite(value) else None,
+                                   "best": improved}) + "\n")
         run.say(f"epoch {epoch:g} ({split}): bbox AP {metrics['bbox']['AP']:.2f}, segm AP "
                 f"{metrics['segm']['AP']:.2f}; {run.config.best_metric} {value:.2f}"
                 + (" (best so far)" if improved else f", best {run.selection.best:.2f}"))
@@ -641,6 +643,8 @@ def metric_value(metrics: Dict[str, Any], path: str) -> float:
             keys = ", ".join(sorted(value)) if isinstance(value, dict) else "none"
             raise InputError(f"--best-metric {path}: {where} has no {key!r} (keys: {keys})")
         value = value[key]
+    if value is None:  # undefined on these pages (a layout figure with nothing to count)
+        return float("-inf")
     if not isinstance(value, (int, float)):
         raise InputError(f"--best-metric {path}: not a number but {type(value).__name__}")
     return float(value)
@@ -720,7 +724,14 @@ def _test_evaluation(run: Run) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     if last and last["split"] == "test" and last["iteration"] == evaluated["iteration"]:
         return evaluated, last["metrics"]
     return evaluated, evaluate(run.bare_model, run.test_set, batch_size=run.config.batch_size,
-                               device=run.device, amp=run.amp != "off")
+                               device=run.device, amp=run.amp != "off",
+                               layout=_selects_by_layout(run))
+
+
+def _selects_by_layout(run: Run) -> bool:
+    """Whether evaluations compute the layout metrics too: when the best checkpoint is
+    chosen by one of them (``--best-metric layout.region_f1``)."""
+    return run.config.best_metric.split(".", 1)[0] == "layout"
 
 
 # --------------------------------------------------------------------------------------------

@@ -494,6 +494,18 @@ def test_validation_split_best_checkpoint_early_stop_and_tensorboard(corpus, tmp
     assert {"overlay/0", "overlay/1"} <= set(events.Tags()["images"])
 
 
+@pytest.mark.slow
+def test_the_best_checkpoint_can_be_chosen_by_a_layout_metric(corpus, tmp_path):
+    run = tmp_path / "run"
+    summary = train(tiny_config(corpus, run, epochs=1, eval_every=1,
+                                best_metric="layout.region_f1"))
+    history = [json.loads(line) for line in (run / "metrics_history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and "layout" in history[0]
+    assert history[0]["value"] == history[0]["layout"]["region_f1"]
+    assert summary["evaluated"]["best_metric"] == "layout.region_f1"
+    assert "layout" in json.loads((run / "metrics.json").read_text())
+
+
 def test_tensorboard_without_its_package_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(InputError, match=r"pip install 'maskdla\[tensorboard\]'"):
