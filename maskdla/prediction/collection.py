@@ -218,7 +218,8 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
             written atomically, so an existing file is a complete one).
         overlay: also draw ``<mirrored>/overlay/STEM.jpg``.
         coco: when a list, COCO results of every page are appended to it (image ids: the
-            position in ``images`` from 1; a skipped page's are read back from its PAGE or ALTO file).
+            position in ``images`` from 1; a skipped page's are read back from its file in
+            the first of ``formats``).
 
     A page that fails (decoding, model, post-processing or writing) is recorded as failed
     with its one-line error and reported on stderr; the others go on.
