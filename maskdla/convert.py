@@ -25,7 +25,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from maskdla.cli import run_main
 from maskdla.data.alto import alto_to_xml
-from maskdla.data.coco import coco_to_pages, collect_xml, load_coco, pages_to_coco, read_pages
+from maskdla.data.coco import coco_to_pages, load_coco, pages_to_coco, read_pages
+from maskdla.data.layout import collect_layout_files
 from maskdla.data.page import Page
 from maskdla.data.pagexml import page_to_xml
 from maskdla.data.reading import RepairReport, parse_class_map
@@ -93,8 +94,9 @@ def _report(args: argparse.Namespace, report: RepairReport) -> None:
 
 def to_coco(args: argparse.Namespace) -> None:
     report = RepairReport()
-    entries = read_pages(collect_xml(args.inputs), args.out.resolve().parent, args.elements,
-                         parse_class_map(args.class_map), report, args.fold_subtypes)
+    entries = read_pages(collect_layout_files(args.inputs), args.out.resolve().parent,
+                         args.elements, parse_class_map(args.class_map), report,
+                         args.fold_subtypes)
     coco = pages_to_coco(entries, args.classes)
     write_bytes_atomic(args.out, json.dumps(coco).encode("utf-8"))
     _report(args, report)
@@ -117,7 +119,7 @@ def _input_pages(args: argparse.Namespace, report: RepairReport) -> List[Page]:
         else:
             xml_inputs.append(item)
     if xml_inputs:
-        entries = read_pages(collect_xml(xml_inputs), Path.cwd(), args.elements, class_map,
+        entries = read_pages(collect_layout_files(xml_inputs), Path.cwd(), args.elements, class_map,
                              report, args.fold_subtypes)
         pages += [page for page, _ in entries]
     return pages

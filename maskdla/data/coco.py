@@ -71,12 +71,6 @@ def pages_to_coco(entries: Iterable[Tuple[Page, str]],
             "categories": [{"id": i, "name": name} for name, i in category_id.items()]}
 
 
-def collect_xml(inputs: Sequence[PathLike]) -> List[Path]:
-    """PAGE-XML and ALTO files of ``inputs``
-    (:func:`maskdla.data.layout.collect_layout_files`)."""
-    return collect_layout_files(inputs)
-
-
 def image_file_name(xml_path: PathLike, page: Page, relative_to: PathLike) -> str:
     """The page's image path relative to ``relative_to`` (posix separators); where the
     image is missing, the place :func:`find_image` looks first."""
@@ -110,7 +104,7 @@ def folder_to_coco(folder: PathLike, elements: Optional[Sequence[str]] = None,
     ``*.xml``), image file names relative to ``folder``; and the :class:`RepairReport` of
     reading them."""
     report = RepairReport()
-    entries = read_pages(collect_xml([folder]), folder, elements, class_map, report,
+    entries = read_pages(collect_layout_files([folder]), folder, elements, class_map, report,
                          fold_subtypes)
     return pages_to_coco(entries, classes), report
 

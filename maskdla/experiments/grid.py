@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from maskdla.data.coco import collect_xml
+from maskdla.data.layout import collect_layout_files
 from maskdla.errors import InputError
 from maskdla.schedule import SchedulePlan, plan
 from maskdla.train import TrainConfig
@@ -291,7 +291,7 @@ def train_size(config: Dict[str, Any]) -> Tuple[int, str]:
     if data and (Path(data) / "train").is_dir():
         # The data module's own rule for a split folder: train/page/*.xml, else train/*.xml.
         try:
-            pages = collect_xml([Path(data) / "train"])
+            pages = collect_layout_files([Path(data) / "train"])
         except InputError as error:
             return STUDY_TRAIN_SIZE, f"assumed: the study's VORAU-253 train split; {error}"
         return len(pages), f"counted in {Path(data) / 'train'}"
