@@ -184,8 +184,11 @@ class TrainConfig:
         if self.init_from and self.pretrained:
             raise InputError("--init-from starts from a whole trained model; drop --pretrained "
                              "(backbone weights) or --init-from")
-        if self.init_from and self.resume:
-            raise InputError("--init-from starts a new run and --resume continues one: give one")
+        # --resume auto stays allowed: an experiment's run (or a requeued job) starts from
+        # --init-from the first time and continues from its own checkpoint_last.pth after.
+        if self.init_from and self.resume not in (None, "auto"):
+            raise InputError("--init-from starts a new run and --resume PATH continues one: "
+                             "give one (--resume auto continues a fine-tuning run)")
         if self.amp is not None and self.amp not in AMP_MODES:
             raise InputError(f"--amp {self.amp!r}: choose off, fp16 or bf16")
         if not self.epochs > 0 or not math.isfinite(self.epochs):

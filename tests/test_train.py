@@ -574,3 +574,23 @@ def test_init_from_starts_a_new_run_from_a_trained_model_with_other_classes(corp
     assert distance(second["model"]) < 0.5 * distance(fresh["model"])
     with pytest.raises(InputError, match="--init-from"):
         TrainConfig(init_from="x.pth", pretrained="y.pth").validate()
+    with pytest.raises(InputError, match="--init-from"):
+        TrainConfig(init_from="x.pth", resume="y.pth").validate()
+
+
+@pytest.mark.slow
+def test_init_from_with_resume_auto_starts_from_the_model_then_continues_its_own_run(
+        corpus, tmp_path, capsys):
+    # what an experiment's run does: --init-from with --resume auto
+    first = tmp_path / "first"
+    train(tiny_config(corpus, first, epochs=0.5))
+    capsys.readouterr()
+    run = tmp_path / "fine-tuned"
+    config = dict(epochs=1, seed=7, init_from=str(first / "checkpoint_final.pth"), resume="auto")
+    assert train(tiny_config(corpus, run, stop_after_iterations=3, **config)) == {
+        "stopped_at_iteration": 3}
+    assert "init from" in capsys.readouterr().out
+    summary = train(tiny_config(corpus, run, **config))
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at iteration 2" in out and "init from" not in out
+    assert summary["iterations"] == 4
