@@ -485,12 +485,18 @@ def test_distributed_ranks_share_the_images_and_agree(corpus, tmp_path):
                                   max_size=128)
     alone = json.loads(json.dumps(predict_coco_results(model, dataset, batch_size=1)))
     assert len({r["image_id"] for r in alone}) == 3
-    assert _rounded(ranks[0]["results"]) == _rounded(alone)
+    _assert_same_detections(ranks[0]["results"], alone)
 
 
-def _rounded(results):
-    return [dict(r, score=round(r["score"], 5), bbox=[round(v, 3) for v in r["bbox"]])
-            for r in results]
+def _assert_same_detections(results, expected):
+    """Same detections up to float noise: two processes and one may sum in another order
+    (rounding both sides to 5 decimals failed on a score of 0.260265)."""
+    assert len(results) == len(expected)
+    for got, want in zip(results, expected):
+        assert (got["image_id"], got["category_id"]) == (want["image_id"], want["category_id"])
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+        assert got["bbox"] == pytest.approx(want["bbox"], abs=1e-3)
+        assert mask_utils.iou([got["segmentation"]], [want["segmentation"]], [0])[0, 0] >= 0.99
 
 
 @pytest.mark.slow
