@@ -408,6 +408,37 @@ def test_cli_evaluates_a_checkpoint(checkpoint, corpus, tmp_path):
     assert metrics == json.loads(json.dumps(expected))
 
 
+def test_cli_box_score_thresh_keeps_the_detections_above_it(checkpoint, corpus, tmp_path):
+    from maskdla.eval import main
+
+    def saved_results(*extra):
+        path = tmp_path / f"results{len(extra)}.json"
+        assert main([str(checkpoint), "--data", str(corpus), "--split", "train", "--device",
+                     "cpu", "--workers", "0", "--no-layout", "--save-results", str(path),
+                     *extra]) == 0
+        return json.loads(path.read_text())
+
+    default = saved_results()
+    scores = sorted({result["score"] for result in default})
+    assert len(scores) >= 4 and scores[0] > 0.05  # the model's own threshold held
+    threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    higher = saved_results("--box-score-thresh", f"{threshold:.9f}")
+    # greedy NMS is decided by higher-scoring boxes only: the kept set is the default's top
+    key = lambda result: (-result["score"], result["bbox"])
+    assert sorted(higher, key=key) == sorted([r for r in default if r["score"] > threshold],
+                                             key=key)
+    assert len(higher) < len(default)
+
+
+def test_cli_rejects_box_score_thresh_without_a_model(ground_truth, tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text("[]")
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(ground_truth))
+    process = _cli("--predictions", results, "--ann", ann, "--box-score-thresh", "0.01")
+    assert process.returncode == 2 and "--box-score-thresh" in process.stderr
+
+
 @pytest.mark.slow
 def test_cli_rejects_a_truncated_checkpoint(checkpoint, corpus, tmp_path):
     broken = tmp_path / "broken.pth"
