@@ -27,6 +27,8 @@ PathLike = Union[str, "os.PathLike[str]"]  # noqa: F821 (a string annotation)
 LR_REFERENCE_BATCH = 2
 LOADER_PASSES = ("epoch", "run")
 MASK_RESOLUTIONS = (28, 56)
+#: --resume value: continue the run folder's own checkpoint_last.pth when there is one
+RESUME_AUTO = "auto"
 AMP_MODES = ("off", "fp16", "bf16")
 #: torchvision's (and detectron2's) RPN anchor aspect ratios, height / width
 DEFAULT_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
@@ -186,7 +188,7 @@ class TrainConfig:
                              "(backbone weights) or --init-from")
         # --resume auto stays allowed: an experiment's run (or a requeued job) starts from
         # --init-from the first time and continues from its own checkpoint_last.pth after.
-        if self.init_from and self.resume not in (None, "auto"):
+        if self.init_from and self.resume not in (None, RESUME_AUTO):
             raise InputError("--init-from starts a new run and --resume PATH continues one: "
                              "give one (--resume auto continues a fine-tuning run)")
         if self.amp is not None and self.amp not in AMP_MODES:

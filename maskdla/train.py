@@ -36,7 +36,7 @@ from maskdla.checkpoint import (checkpoint_config, load_checkpoint, restore_rng,
                                 save_checkpoint)
 from maskdla.cli import non_negative_float, positive_int, run_main
 from maskdla.config import (AMP_MODES, LOADER_PASSES, LR_REFERENCE_BATCH, MASK_RESOLUTIONS,
-                            TrainConfig)
+                            RESUME_AUTO, TrainConfig)
 from maskdla.data.dataset import Dataset, collate_fn
 from maskdla.data.pagexml import parse_class_map
 from maskdla.data.samplers import EpochBatches
@@ -770,9 +770,9 @@ def _resume_path(config: TrainConfig, run_dir: Path) -> Optional[Path]:
     """The checkpoint to resume from: --resume PATH, or with --resume auto (and after a
     torchrun restart) the run folder's checkpoint_last.pth when it exists."""
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    if config.resume in ("auto", None):
+    if config.resume in (RESUME_AUTO, None):
         last = run_dir / "checkpoint_last.pth"
-        if (config.resume == "auto" or restarted) and last.is_file():
+        if (config.resume == RESUME_AUTO or restarted) and last.is_file():
             return last
         if last.is_file() or (run_dir / "checkpoint_final.pth").is_file():
             # Starting afresh would overwrite a run that someone may want to keep.
@@ -934,7 +934,7 @@ def _optimisation_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -
 def _run_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
     add = group.add_argument
     add("--out", help="run folder (default runs/BACKBONE-EPOCHSep)")
-    add("--resume", nargs="?", const="auto", help="resume from PATH, or 'auto': the run folder's checkpoint_last.pth")
+    add("--resume", nargs="?", const=RESUME_AUTO, help="resume from PATH, or 'auto': the run folder's checkpoint_last.pth")
     add("--checkpoint-every", type=non_negative_float, default=defaults.checkpoint_every,
         help="epochs between checkpoint_last.pth saves (0: only at the end)")
     add("--eval-every", type=non_negative_float, default=defaults.eval_every,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from maskdla.config import RESUME_AUTO
 from maskdla.data.layout import collect_layout_files
 from maskdla.errors import InputError
 from maskdla.schedule import SchedulePlan, plan
@@ -80,7 +81,7 @@ def train_command(config_path: os.PathLike | str, nproc_per_node: int = 1, nnode
     """The command that trains (or resumes, ``--resume auto``) the run in ``config_path``:
     ``python -m maskdla.train`` for one process, torchrun for several (``--standalone`` on
     one node; on several, a static rendezvous at ``master_addr:master_port``)."""
-    train = ["-m", "maskdla.train", "--config", str(config_path), "--resume", "auto"]
+    train = ["-m", "maskdla.train", "--config", str(config_path), "--resume", RESUME_AUTO]
     if nproc_per_node == 1 and nnodes == 1:
         return [sys.executable, *train]
     launcher = [sys.executable, "-m", "torch.distributed.run"]
