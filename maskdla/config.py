@@ -77,6 +77,9 @@ class TrainConfig:
     fpn_channels: Optional[int] = None
     #: RPN anchor aspect ratios (height / width) at every FPN level
     anchor_ratios: List[float] = field(default_factory=lambda: list(DEFAULT_ANCHOR_RATIOS))
+    #: anchor sizes per FPN level, spread over the octave up to the next level's size:
+    #: 1 = torchvision's one size (32, 64, ...), 3 = RetinaNet's 2^0, 2^(1/3), 2^(2/3)
+    anchor_scales: int = 1
     #: RoIs sampled per image for the box head's loss (torchvision/detectron2 default 512);
     #: fewer make a CPU step several times cheaper
     rois_per_image: int = 512
@@ -199,6 +202,8 @@ class TrainConfig:
             raise InputError("--batch-size, --min-size and --max-size must be positive")
         if not self.anchor_ratios or min(self.anchor_ratios) <= 0:
             raise InputError(f"--anchor-ratios must be positive, got {self.anchor_ratios!r}")
+        if not 1 <= self.anchor_scales <= 4:
+            raise InputError(f"--anchor-scales must be 1 to 4, got {self.anchor_scales!r}")
         if not self.lr > 0:
             raise InputError(f"--lr must be positive, got {self.lr!r}")
         if self.data and (self.train_ann or self.test_ann):

@@ -42,11 +42,17 @@ class PageTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
+def anchor_sizes(scales: int) -> Tuple[Tuple[float, ...], ...]:
+    """Anchor sizes (side of the square anchor, px) per FPN level, ``scales`` per level."""
+    return tuple(tuple(round(level[0] * 2 ** (k / scales), 2) for k in range(scales))
+                 for level in ANCHOR_SIZES)
+
+
 def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = None,
                 norm: Optional[str] = None, min_size: Union[int, Sequence[int]] = 800,
                 max_size: int = 1333, freeze_at: int = 0, fpn_channels: Optional[int] = None,
                 anchor_ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS,
-                mask_resolution: int = 28, **maskrcnn_kwargs: Any) -> MaskRCNN:
+                anchor_scales: int = 1, mask_resolution: int = 28, **maskrcnn_kwargs: Any) -> MaskRCNN:
     """A torchvision ``MaskRCNN`` on backbone ``backbone``.
 
     Args:
@@ -61,6 +67,11 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
             (default 0.5, 1, 2 as in torchvision and detectron2, the study's setting). Page
             regions are often far wider than tall (a lyrics line is 20-40x wider than
             tall); ratios like 0.1 and 0.25 give the RPN anchors of that shape.
+        anchor_scales: anchor sizes per FPN level: ``s * 2 ** (k / anchor_scales)`` for
+            ``k < anchor_scales`` and the level's size ``s`` (32 ... 512). 1 is torchvision's;
+            3 is RetinaNet's octave scales. A region of side 44 px has IoU 0.53 with a 32 px
+            anchor and 0.47 with a 64 px one, so below the RPN's 0.7 for both; 3 scales give
+            it a 40 px anchor (IoU 0.83).
         mask_resolution: side M of the predicted masks [N, 1, M, M]: 28 as torchvision
             (RoIAlign to 14 x 14, the predictor's transposed conv doubles it) or 56 (RoIAlign
             to 28 x 28) for long thin regions, whose 28-pixel mask rows are coarse along
@@ -99,10 +110,13 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
     ratios = tuple(float(ratio) for ratio in anchor_ratios)
     if not ratios or min(ratios) <= 0:
         raise ValueError(f"anchor ratios must be positive, got {anchor_ratios!r}")
-    if ratios != DEFAULT_ANCHOR_RATIOS:
+    if not 1 <= anchor_scales <= 4:
+        raise ValueError(f"anchor_scales must be 1 to 4, got {anchor_scales!r}")
+    if ratios != DEFAULT_ANCHOR_RATIOS or anchor_scales != 1:
+        sizes = anchor_sizes(anchor_scales)
         maskrcnn_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(
-            ANCHOR_SIZES, (ratios,) * len(ANCHOR_SIZES)))
-        maskrcnn_kwargs.setdefault("rpn_head", RPNHead(width, len(ratios)))
+            sizes, (ratios,) * len(sizes)))
+        maskrcnn_kwargs.setdefault("rpn_head", RPNHead(width, len(ratios) * anchor_scales))
     model = MaskRCNN(fpn, num_classes=classes_argument, min_size=min_sizes, max_size=max_size,
                      **maskrcnn_kwargs)
     transform = model.transform
@@ -122,8 +136,9 @@ def build_model_from_config(config: TrainConfig, num_classes: int, *,
                        norm=config.resolved_norm, min_size=config.min_size,
                        max_size=config.max_size, freeze_at=config.freeze_at,
                        fpn_channels=config.fpn_channels, anchor_ratios=config.anchor_ratios,
+                       anchor_scales=config.anchor_scales,
                        mask_resolution=config.mask_resolution,
                        box_batch_size_per_image=config.rois_per_image)
 
 
-__all__: List[str] = ["build_model", "build_model_from_config", "PageTransform"]
+__all__: List[str] = ["anchor_sizes", "build_model", "build_model_from_config", "PageTransform"]

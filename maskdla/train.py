@@ -787,7 +787,7 @@ def _resume_path(config: TrainConfig, run_dir: Path) -> Optional[Path]:
 
 #: settings that fix the model: a resumed run must ask for the checkpoint's
 RESUME_MUST_MATCH = ("backbone", "norm", "min_size", "max_size", "fpn_channels", "anchor_ratios",
-                     "mask_resolution")
+                     "anchor_scales", "mask_resolution")
 
 
 def _resumed_config(config: TrainConfig, checkpoint: Dict[str, Any], path: Path) -> TrainConfig:
@@ -898,6 +898,10 @@ def _model_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
     add("--anchor-ratios", type=_ratios, default=defaults.anchor_ratios,
         help="RPN anchor aspect ratios height/width, e.g. 0.1,0.25,0.5,1,2 for wide text lines "
              "(default 0.5,1,2 as in the study)")
+    add("--anchor-scales", type=int, choices=(1, 2, 3, 4), default=defaults.anchor_scales,
+        help="anchor sizes per FPN level, spread over an octave: 1 = torchvision's (32, 64, "
+             "..., 512), 3 = RetinaNet's (32, 40, 51 at the first level), for regions whose "
+             "size falls between two levels (drop capitals, numbering)")
     add("--mask-resolution", type=int, choices=MASK_RESOLUTIONS, default=defaults.mask_resolution,
         help="side of the predicted masks: 28 (torchvision's) or 56 (finer along the short "
              "side of long thin regions: lyrics lines, running titles, margin notes)")

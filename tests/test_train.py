@@ -357,6 +357,35 @@ def test_config_round_trips_through_json_and_toml_and_flags_override_it(tmp_path
     assert not list(tmp_path.glob(".*.tmp"))  # atomic: no temporary file left
 
 
+def test_anchor_scales_spread_anchors_over_the_octave_and_survive_a_checkpoint(tmp_path):
+    from maskdla.checkpoint import load_model, save_checkpoint
+    from maskdla.model import anchor_sizes, build_model_from_config
+    from maskdla.train import config_from_argv
+
+    assert anchor_sizes(1) == ((32,), (64,), (128,), (256,), (512,))
+    assert anchor_sizes(3)[0] == (32, 40.32, 50.8) and anchor_sizes(3)[4][2] == 812.75
+    config = TrainConfig(backbone="vovnet19slim", min_size=[64], max_size=96, anchor_scales=3,
+                         anchor_ratios=[0.5, 1.0, 2.0, 4.0])
+    torch.manual_seed(0)
+    model = build_model_from_config(config, num_classes=3)
+    assert model.rpn.anchor_generator.num_anchors_per_location() == [12] * 5
+    assert model.rpn.head.cls_logits.out_channels == 12
+    masks = torch.zeros(1, 64, 80, dtype=torch.uint8)
+    masks[0, 10:54, 8:50] = 1
+    losses = model.train()([torch.rand(3, 64, 80)], [{"boxes": torch.tensor([[8., 10, 50, 54]]),
+                                                      "labels": torch.tensor([1]),
+                                                      "masks": masks}])
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    path = tmp_path / "model.pth"
+    save_checkpoint({"model": model.state_dict(), "config": config.to_dict(),
+                     "classes": ["a", "b"]}, path)
+    loaded, _ = load_model(path)  # rebuilt from the config: 12 anchors, not torchvision's 3
+    assert loaded.rpn.head.cls_logits.out_channels == 12
+    assert config_from_argv(["--anchor-scales", "2"]).anchor_scales == 2
+    with pytest.raises(InputError, match="--anchor-scales must be 1 to 4"):
+        TrainConfig(anchor_scales=5).validate()
+
+
 def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys):
     (tmp_path / "run.toml").write_text('epochs = "many"\nbackbone = "resnet18"\n')
     with pytest.raises(SystemExit) as exit_info:
