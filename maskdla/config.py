@@ -27,6 +27,8 @@ PathLike = Union[str, "os.PathLike[str]"]  # noqa: F821 (a string annotation)
 LR_REFERENCE_BATCH = 2
 LOADER_PASSES = ("epoch", "run")
 MASK_RESOLUTIONS = (28, 56)
+#: anchor sizes per FPN level that --anchor-scales takes (1: torchvision's)
+ANCHOR_SCALES = (1, 2, 3, 4)
 #: --resume value: continue the run folder's own checkpoint_last.pth when there is one
 RESUME_AUTO = "auto"
 AMP_MODES = ("off", "fp16", "bf16")
@@ -202,8 +204,9 @@ class TrainConfig:
             raise InputError("--batch-size, --min-size and --max-size must be positive")
         if not self.anchor_ratios or min(self.anchor_ratios) <= 0:
             raise InputError(f"--anchor-ratios must be positive, got {self.anchor_ratios!r}")
-        if not 1 <= self.anchor_scales <= 4:
-            raise InputError(f"--anchor-scales must be 1 to 4, got {self.anchor_scales!r}")
+        if self.anchor_scales not in ANCHOR_SCALES:
+            raise InputError(f"--anchor-scales must be one of {', '.join(map(str, ANCHOR_SCALES))}, "
+                             f"got {self.anchor_scales!r}")
         if not self.lr > 0:
             raise InputError(f"--lr must be positive, got {self.lr!r}")
         if self.data and (self.train_ann or self.test_ann):

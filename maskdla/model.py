@@ -13,7 +13,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from maskdla.backbones import build_backbone
-from maskdla.config import DEFAULT_ANCHOR_RATIOS, TrainConfig
+from maskdla.config import ANCHOR_SCALES, DEFAULT_ANCHOR_RATIOS, TrainConfig
 from maskdla.data.resize import training_size
 
 #: convs in torchvision's (and detectron2's) mask head
@@ -110,8 +110,8 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
     ratios = tuple(float(ratio) for ratio in anchor_ratios)
     if not ratios or min(ratios) <= 0:
         raise ValueError(f"anchor ratios must be positive, got {anchor_ratios!r}")
-    if not 1 <= anchor_scales <= 4:
-        raise ValueError(f"anchor_scales must be 1 to 4, got {anchor_scales!r}")
+    if anchor_scales not in ANCHOR_SCALES:
+        raise ValueError(f"anchor_scales must be one of {ANCHOR_SCALES}, got {anchor_scales!r}")
     if ratios != DEFAULT_ANCHOR_RATIOS or anchor_scales != 1:
         sizes = anchor_sizes(anchor_scales)
         maskrcnn_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(

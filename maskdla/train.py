@@ -35,8 +35,8 @@ from maskdla.backbones import BACKBONES, NORMS
 from maskdla.checkpoint import (checkpoint_config, load_checkpoint, restore_rng, rng_state,
                                 save_checkpoint)
 from maskdla.cli import non_negative_float, positive_int, run_main
-from maskdla.config import (AMP_MODES, LOADER_PASSES, LR_REFERENCE_BATCH, MASK_RESOLUTIONS,
-                            RESUME_AUTO, TrainConfig)
+from maskdla.config import (AMP_MODES, ANCHOR_SCALES, LOADER_PASSES, LR_REFERENCE_BATCH,
+                            MASK_RESOLUTIONS, RESUME_AUTO, TrainConfig)
 from maskdla.data.dataset import Dataset, collate_fn
 from maskdla.data.pagexml import parse_class_map
 from maskdla.data.samplers import EpochBatches
@@ -898,7 +898,7 @@ def _model_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
     add("--anchor-ratios", type=_ratios, default=defaults.anchor_ratios,
         help="RPN anchor aspect ratios height/width, e.g. 0.1,0.25,0.5,1,2 for wide text lines "
              "(default 0.5,1,2 as in the study)")
-    add("--anchor-scales", type=int, choices=(1, 2, 3, 4), default=defaults.anchor_scales,
+    add("--anchor-scales", type=int, choices=ANCHOR_SCALES, default=defaults.anchor_scales,
         help="anchor sizes per FPN level, spread over an octave: 1 = torchvision's (32, 64, "
              "..., 512), 3 = RetinaNet's (32, 40, 51 at the first level), for regions whose "
              "size falls between two levels (drop capitals, numbering)")

@@ -382,7 +382,7 @@ def test_anchor_scales_spread_anchors_over_the_octave_and_survive_a_checkpoint(t
     loaded, _ = load_model(path)  # rebuilt from the config: 12 anchors, not torchvision's 3
     assert loaded.rpn.head.cls_logits.out_channels == 12
     assert config_from_argv(["--anchor-scales", "2"]).anchor_scales == 2
-    with pytest.raises(InputError, match="--anchor-scales must be 1 to 4"):
+    with pytest.raises(InputError, match="--anchor-scales must be one of 1, 2, 3, 4, got 5"):
         TrainConfig(anchor_scales=5).validate()
 
 
