@@ -5,6 +5,7 @@ Command line::
 
     python -m maskdla.eval CHECKPOINT [--data DIR | --ann JSON --images DIR] [--split test]
                            [--out metrics.json] [--batch-size N] [--device D]
+                           [--box-score-thresh S] [--proposal-recall]
     python -m maskdla.eval --predictions RESULTS.json|PAGE_DIR|FILE.xml
                            (--ann GT.json [--images DIR] | --data DIR [--split test])
                            [--out metrics.json]
@@ -13,7 +14,9 @@ The first form takes everything else (backbone, classes, image size, the test da
 none is given) from the checkpoint's config; the second scores any system's COCO results
 file or PAGE files, without a model. Both print the COCO table, then the layout metrics
 (:mod:`maskdla.evaluation.layout`; ``--no-layout`` skips them); ``--worst N`` draws the N
-pages of lowest region F1 beside their ground truth. The library side is
+pages of lowest region F1 beside their ground truth; ``--proposal-recall`` adds, for a
+checkpoint, the per-class recall of its RPN proposals (:mod:`maskdla.evaluation.proposals`:
+is a class that scores no AP proposed at all?). The library side is
 :mod:`maskdla.evaluation`.
 """
 from __future__ import annotations
@@ -38,6 +41,7 @@ from maskdla.evaluation.layout_inputs import (predictions_from_pages, prediction
                                               results_from_predictions,
                                               results_layout_metrics, save_side_by_side,
                                               truth_from_coco)
+from maskdla.evaluation.proposals import format_recall_table, proposal_recall
 from maskdla.files import write_json_atomic
 from maskdla.inference import resolve_device, test_size
 
@@ -139,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "for the COCO metrics (default: the model's own, 0.05 as "
                              "torchvision; YOLO's validator keeps 0.001). A lower threshold "
                              "lets under-confident classes reach the PR curve")
+    parser.add_argument("--proposal-recall", action="store_true",
+                        help="CHECKPOINT mode: also measure, per class, the share of regions "
+                             "the RPN proposes (best of its top 100/300/1000 proposals at "
+                             "IoU >= 0.5 and 0.7): a class that is not proposed cannot be "
+                             "detected at any score threshold")
     parser.add_argument("--verbose", action="store_true",
                         help="show pycocotools' own output (its summary tables)")
     layout = parser.add_argument_group("layout metrics")
@@ -217,6 +226,10 @@ def _score_checkpoint(args: argparse.Namespace) -> Tuple[dict, dict, Dict[Any, A
                                                    score_thresh=args.score_thresh)
         if args.worst:
             predicted = predictions_from_results(results, dataset.coco, args.score_thresh)
+    if args.proposal_recall:
+        metrics["proposals"] = proposal_recall(model, dataset, batch_size=args.batch_size,
+                                               device=device, num_workers=args.workers,
+                                               classes=list(checkpoint["classes"]))
     return metrics, dataset.coco, predicted, Path(dataset.image_dir)
 
 
@@ -246,9 +259,11 @@ def _write_worst(args: argparse.Namespace, metrics: dict, ground_truth: dict,
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.predictions is not None:
-        if args.checkpoint or args.save_results or args.box_score_thresh is not None:
+        if (args.checkpoint or args.save_results or args.box_score_thresh is not None
+                or args.proposal_recall):
             parser.error("--predictions scores saved predictions against --ann or --data; it "
-                         "takes no CHECKPOINT, --save-results or --box-score-thresh")
+                         "takes no CHECKPOINT, --save-results, --box-score-thresh or "
+                         "--proposal-recall")
         if bool(args.ann) == bool(args.data):
             parser.error("--predictions needs the ground truth: --ann GT.json or --data DIR")
         if args.images and not args.ann:
@@ -283,6 +298,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "layout" in metrics:
         print()
         print(format_layout_tables(metrics["layout"], worst=max(args.worst, 5)))
+    if "proposals" in metrics:
+        print()
+        print(format_recall_table(metrics["proposals"]))
     if args.worst:
         _write_worst(args, metrics, ground_truth, predicted, image_dir)
     if args.out:

@@ -544,3 +544,107 @@ def test_cli_defaults_to_the_runs_synthetic_corpus(tmp_path):
     assert process.returncode == 0, process.stderr
     assert set(json.loads(out.read_text())) == {"bbox", "segm", "layout"}
     assert list((tmp_path / "cache").glob("synthetic-*-p2-t1-s0-w64/test/*.jpg"))
+
+
+# ------------------------------------------------------------------ RPN proposal recall
+
+
+def test_best_proposal_iou_per_budget():
+    from maskdla.evaluation.proposals import best_proposal_iou
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    proposals = torch.tensor([[0.0, 0.0, 10.0, 5.0],      # half of box 0
+                              [20.0, 20.0, 30.0, 30.0],   # box 1
+                              [0.0, 0.0, 10.0, 10.0]])    # box 0
+    best = best_proposal_iou(boxes, proposals, budgets=(1, 2, 3, 10))
+    torch.testing.assert_close(best, torch.tensor([[0.5, 0.0], [0.5, 1.0], [1.0, 1.0],
+                                                   [1.0, 1.0]]))
+    assert best_proposal_iou(boxes, proposals[:0], budgets=(1, 2)).tolist() == [[0, 0], [0, 0]]
+
+
+def test_recall_table_counts_regions_per_class():
+    from maskdla.evaluation.proposals import recall_table
+
+    square = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    images = [  # class a: one region found at 0.5 only, one at top-1; b: missed; c: none
+        (torch.tensor([[0.0, 0.0, 10.0, 10.0], [40.0, 40.0, 60.0, 60.0]]),
+         torch.tensor([1, 2]), torch.tensor([[0.0, 0.0, 10.0, 6.5]])),
+        (square.clone(), torch.tensor([1]), torch.cat([square, square + 50])),
+    ]
+    table = recall_table(images, ["a", "b", "c"], budgets=(1, 2), ious=(0.5, 0.7))
+    a, b, c = (table["per_class"][name] for name in "abc")
+    assert a == {"regions": 2, "median_side": 10.0,
+                 "recall": {"50@1": 1.0, "50@2": 1.0, "70@1": 0.5, "70@2": 0.5}}
+    assert b["regions"] == 1 and b["median_side"] == 20.0
+    assert set(b["recall"].values()) == {0.0}
+    assert c == {"regions": 0, "median_side": None,
+                 "recall": {"50@1": None, "50@2": None, "70@1": None, "70@2": None}}
+    assert table["all"]["regions"] == 3
+    assert table["all"]["recall"]["50@2"] == pytest.approx(2 / 3)
+
+
+class _TruthAsProposals(torch.nn.Module):
+    """An RPN stand-in that proposes each page's ground-truth boxes, in the dataset's order."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.boxes = [dataset[index][1]["boxes"] for index in range(len(dataset))]
+
+    def forward(self, image_list, features):
+        taken, self.boxes = self.boxes[:len(image_list.tensors)], self.boxes[len(image_list.tensors):]
+        return taken, {}
+
+
+def test_proposal_recall_of_a_model(corpus, tiny_model):
+    from maskdla.evaluation.proposals import proposal_recall
+
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
+                                  max_size=128)
+    expected = {name: sum(annotation["category_id"] == category["id"]
+                          for annotation in dataset.coco["annotations"])
+                for category in dataset.coco["categories"] for name in [category["name"]]}
+    tiny_model.train()
+    table = proposal_recall(tiny_model, dataset, device="cpu")
+    assert tiny_model.training  # mode restored
+    assert {name: row["regions"] for name, row in table["per_class"].items()} == {
+        name: expected[name] for name in CLASSES}
+    for row in [*table["per_class"].values(), table["all"]]:
+        values = row["recall"]
+        if row["regions"]:
+            assert values["50@100"] <= values["50@300"] <= values["50@1000"] <= 1
+            assert values["70@1000"] <= values["50@1000"]
+    # proposals that are the ground truth itself: every region is proposed
+    rpn = tiny_model.rpn
+    try:
+        tiny_model.rpn = _TruthAsProposals(dataset)
+        perfect = proposal_recall(tiny_model, dataset, device="cpu", batch_size=2)
+    finally:
+        tiny_model.rpn = rpn
+    assert set(perfect["all"]["recall"].values()) == {1.0}
+    assert perfect["all"]["regions"] == sum(expected.values()) > 0
+
+
+def test_cli_proposal_recall(checkpoint, corpus, tmp_path):
+    from maskdla.eval import main
+
+    out = tmp_path / "metrics.json"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main([str(checkpoint), "--data", str(corpus), "--split", "train", "--device",
+                     "cpu", "--workers", "0", "--no-layout", "--proposal-recall",
+                     "--out", str(out)]) == 0
+    proposals = json.loads(out.read_text())["proposals"]
+    assert list(proposals["per_class"]) == list(CLASSES)
+    assert "RPN proposal recall" in stdout.getvalue()
+    for name in CLASSES:
+        assert re.search(rf"^{re.escape(name)}\s+{proposals['per_class'][name]['regions']}\s",
+                         stdout.getvalue(), re.M)
+
+
+def test_cli_rejects_proposal_recall_without_a_model(ground_truth, tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text("[]")
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(ground_truth))
+    process = _cli("--predictions", results, "--ann", ann, "--proposal-recall")
+    assert process.returncode == 2 and "--proposal-recall" in process.stderr

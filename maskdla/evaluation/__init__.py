@@ -5,6 +5,7 @@
 - :mod:`.coco`: pycocotools' bbox and segm metrics, ground truth and results files;
 - :mod:`.layout`: layout metrics (region F1 with merges and splits, pixel IoU, reading
   order); :mod:`.layout_inputs` builds their inputs;
+- :mod:`.proposals`: per-class recall of the RPN's proposals (is a class proposed at all?);
 - :mod:`.evaluate`: :func:`predict_coco_results` and :func:`evaluate` over a Dataset
   (batched, one shard per rank under DDP).
 

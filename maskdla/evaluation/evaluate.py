@@ -36,7 +36,7 @@ from maskdla.inference import raw_detections
 _Item = Tuple[torch.Tensor, int, Tuple[int, int]]
 
 
-class _ErrorsAsItems(torch.utils.data.Dataset):
+class ErrorsAsItems(torch.utils.data.Dataset):
     """Hands an item's InputError back as the item: raised in a DataLoader worker, it would
     reach the main process rewritten as a multi-line traceback text."""
 
@@ -133,7 +133,7 @@ def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: in
     shard = dataset
     if _distributed():
         shard = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
-    loader = DataLoader(_ErrorsAsItems(shard), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ErrorsAsItems(shard), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
     seconds = {"data": 0.0, "inference": 0.0, "paste_rle": 0.0}
