@@ -264,6 +264,30 @@ def test_study_experiment_files(file_name, tmp_path, monkeypatch):
         assert milestones["e450_late"] == pytest.approx((337.5, 405))
 
 
+def test_htromance_file_forms():
+    """The real-data benchmark's two forms as docs/benchmarks.md and experiments/README.md
+    describe them, each a valid TrainConfig."""
+    from maskdla.config import TrainConfig
+
+    experiments = {e.name: e for e in resolve_experiments(EXPERIMENTS / "htromance.toml")}
+    assert list(experiments) == ["cpu_vovnet19slim", "gpu_resnet50", "gpu_vovnet39"]
+    zones = ["MainZone", "DropCapitalZone", "MarginTextZone", "NumberingZone",
+             "RunningTitleZone"]
+    for experiment in experiments.values():
+        config = TrainConfig.from_dict(experiment.config)
+        assert config.classes == zones
+        assert config.class_map == {**{zone: zone for zone in zones}, "*": None}  # "" = drop
+        assert config.batch_size == 2
+    cpu = TrainConfig.from_dict(experiments["cpu_vovnet19slim"].config)
+    assert (cpu.device, cpu.backbone, cpu.epochs, cpu.lr, cpu.rois_per_image) == (
+        "cpu", "vovnet19slim", 5, 0.02, 128)
+    assert (cpu.min_size, cpu.max_size, cpu.pretrained) == ([384, 448, 512, 576, 640], 960, None)
+    for name, backbone in (("gpu_resnet50", "resnet50"), ("gpu_vovnet39", "vovnet39")):
+        gpu = TrainConfig.from_dict(experiments[name].config)
+        assert (gpu.backbone, gpu.min_size, gpu.max_size, gpu.epochs, gpu.lr) == (
+            backbone, [800], 1333, 275, 0.02)
+
+
 # ------------------------------------------------------------------ SLURM through submitit
 
 TWO_NODES = """
