@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 from maskdla.config import TrainConfig
 from maskdla.errors import InputError
@@ -29,6 +30,31 @@ def test_size(config: TrainConfig) -> Tuple[int, int]:
     return config.test_min_size, config.max_size
 
 
+def rpn_forward(model: torch.nn.Module, images: List[torch.Tensor],
+                targets: Optional[List[Dict[str, torch.Tensor]]] = None) -> Tuple[
+                    ImageList, Optional[List[Dict[str, torch.Tensor]]], Dict[str, torch.Tensor],
+                    List[torch.Tensor]]:
+    """MaskRCNN's forward up to its RPN, in the model's current mode.
+
+    Args:
+        model: a torchvision ``MaskRCNN``.
+        images: Float[3, H, W] tensors in [0, 1] on the model's device.
+        targets: per image ``boxes`` Float[G, 4] xyxy (and any other keys), resized with the
+            images by the model's transform; None for none.
+
+    Returns:
+        the transform's ``ImageList``, the resized targets (or None), the backbone's
+        feature maps by name, and per image the proposals Float[P, 4] xyxy in the pixels of
+        the model input, sorted by decreasing objectness.
+    """
+    image_list, targets = model.transform(images, targets)
+    features = model.backbone(image_list.tensors)
+    if isinstance(features, torch.Tensor):
+        features = {"0": features}
+    proposals, _ = model.rpn(image_list, features)
+    return image_list, targets, features, proposals
+
+
 def raw_detections(model: torch.nn.Module, images: List[torch.Tensor], amp: bool = False
                    ) -> Tuple[List[Dict[str, torch.Tensor]], List[Tuple[int, int]]]:
     """MaskRCNN's eval forward without its postprocess.
@@ -49,11 +75,7 @@ def raw_detections(model: torch.nn.Module, images: List[torch.Tensor], amp: bool
     device_type = images[0].device.type
     half = torch.float16 if device_type == "cuda" else torch.bfloat16
     with torch.autocast(device_type=device_type, dtype=half, enabled=amp):
-        image_list, _ = model.transform(images)
-        features = model.backbone(image_list.tensors)
-        if isinstance(features, torch.Tensor):
-            features = {"0": features}
-        proposals, _ = model.rpn(image_list, features)
+        image_list, _, features, proposals = rpn_forward(model, images)
     features = {name: feature.float() for name, feature in features.items()}
     proposals = [boxes.float() for boxes in proposals]
     with torch.autocast(device_type=device_type, enabled=False):

@@ -20,6 +20,7 @@ from torchvision.ops import box_iou
 
 from maskdla.errors import InputError
 from maskdla.evaluation.evaluate import ErrorsAsItems
+from maskdla.inference import rpn_forward
 
 #: proposal budgets: the top-N proposals (by objectness) a region may be matched to
 PROPOSAL_BUDGETS: Tuple[int, ...] = (100, 300, 1000)
@@ -112,11 +113,7 @@ def _proposals(model: torch.nn.Module, loader: DataLoader, device: torch.device
         images = [image.to(device) for image, _, _ in batch]
         targets = [{"boxes": boxes.to(device), "labels": labels.to(device)}
                    for _, boxes, labels in batch]
-        image_list, targets = model.transform(images, targets)
-        features = model.backbone(image_list.tensors)
-        if isinstance(features, torch.Tensor):
-            features = {"0": features}
-        proposals, _ = model.rpn(image_list, features)
+        _, targets, _, proposals = rpn_forward(model, images, targets)
         for target, found in zip(targets, proposals):
             yield target["boxes"].cpu(), target["labels"].cpu(), found.float().cpu()
 
