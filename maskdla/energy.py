@@ -4,7 +4,9 @@
 
 * per GPU (through NVML): power (W), cumulative energy (J), memory used as nvidia-smi shows it
   (MiB), this process's GPU memory (MiB) and utilisation (%);
-* for the process: resident memory (MiB) and CPU use (%, 100 = one core busy);
+* for the process: resident memory (MiB) and CPU time (s) of the process and its
+  descendants, such as DataLoader workers (:func:`process_tree_cpu_seconds`), as CPU use
+  (%, 100 = one core busy);
 * for the CPU packages: cumulative energy (J) from RAPL where the powercap files are readable.
 
 GPU energy comes from the NVML total-energy counter (Volta and newer, method ``"counter"``);
@@ -12,6 +14,13 @@ where the counter is unsupported it is the trapezoidal integral of the sampled p
 ``"sampled-power"``, what the study did with once-a-second shell sampling). Without NVML or a
 GPU the method is ``"unavailable"`` and the meter still reports time, process memory and CPU
 energy. The thread never raises into training: every failed reading is counted and skipped.
+
+CPU energy (``cpu_method``) comes from the RAPL package counters where readable (``"rapl"``,
+measured, the whole sockets'), else it is an estimate: the process tree's CPU-seconds times
+``cpu_watts_per_core`` (``"cpu-seconds-estimate"``). Measured CPU energy adds to the GPUs'
+in ``energy_kwh``; the estimate counts there only where no GPU energy was measured (a
+CPU-only run), so a measured GPU figure is never mixed with a guess, and then the summary's
+``energy_estimate`` is True and every table marks the figure (``maskdla.tables``).
 
 Under DDP only local rank 0 of each node runs a meter (:func:`should_measure`); it measures all
 GPUs of its node, so no GPU is counted twice, and :func:`merge_node_summaries` sums the nodes.
@@ -26,12 +35,13 @@ import csv
 import glob
 import io
 import logging
+import math
 import os
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
@@ -44,10 +54,22 @@ BYTES_PER_MIB = 1024 * 1024
 #: Energy methods, best first; a summary over several GPUs reports the weakest one used.
 METHODS = ("counter", "sampled-power", "unavailable")
 
+#: The CPU-seconds estimate of CPU energy (where RAPL is unreadable): CPU-seconds x watts.
+CPU_ESTIMATE = "cpu-seconds-estimate"
+#: CPU energy methods, best first: the RAPL package counters (measured), the estimate, none.
+CPU_METHODS = ("rapl", CPU_ESTIMATE, "unavailable")
+
+#: Watts one busy core draws, for the estimate: the Green Algorithms calculator's per-core
+#: TDP for an unknown CPU ("Any": 12.0 W; its data/latest/TDP_cpu.csv). Server CPUs in the
+#: same table range from 4.4 W (Threadripper 3990X, 280 W / 64 cores) to 7.5 W (Xeon Gold
+#: 6148, 150 W / 20 cores); docs/energy.md gives the source and what it leaves out.
+DEFAULT_CPU_WATTS_PER_CORE = 12.0
+
 #: Columns of energy.csv, one row per sample per GPU (one row per sample without GPUs).
 CSV_COLUMNS = (
     "time_s", "gpu_index", "gpu_uuid", "power_w", "energy_j", "memory_used_mib",
     "process_memory_mib", "utilization", "rss_mib", "cpu_percent", "cpu_energy_j",
+    "cpu_seconds",
 )
 
 DeviceSpec = Union[int, str]
@@ -101,11 +123,60 @@ def should_measure(local_rank: Optional[int] = None) -> bool:
     return local_rank == 0
 
 
-def _weakest_method(methods: Iterable[str]) -> str:
+def _weakest_method(methods: Iterable[str], order: Sequence[str] = METHODS) -> str:
+    """The method latest in ``order`` (the weakest) among ``methods``; "unavailable" if none."""
     methods = list(methods)
     if not methods:
         return "unavailable"
-    return max(methods, key=METHODS.index)
+    return max(methods, key=order.index)
+
+
+def cpu_method_of(summary: Dict[str, Any]) -> str:
+    """A summary's CPU energy method. Summaries written before the estimate existed have no
+    ``cpu_method``: their CPU energy, where there is one, came from RAPL."""
+    method = summary.get("cpu_method")
+    if method in CPU_METHODS:
+        return method
+    return "rapl" if summary.get("cpu_energy_kwh") is not None else "unavailable"
+
+
+def cpu_in_total(summary: Dict[str, Any]) -> bool:
+    """Whether a summary's ``energy_kwh`` includes its CPU energy (older summaries: RAPL was
+    always added)."""
+    return bool(summary.get("cpu_energy_in_total", summary.get("cpu_energy_kwh") is not None))
+
+
+def _combined_cpu_fields(summaries: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The CPU fields of several summaries (nodes, or segments latest first) added up.
+
+    Returns ``cpu_method``: the weakest among the summaries with a CPU figure;
+    ``cpu_energy_in_total``: whether all of those count it in ``energy_kwh``;
+    ``energy_estimate``: whether any ``energy_kwh`` holds an estimate;
+    ``cpu_watts_per_core``: the first summary's that has one.
+    """
+    measured = [summary for summary in summaries if cpu_method_of(summary) != "unavailable"]
+    watts = [summary["cpu_watts_per_core"] for summary in summaries
+             if summary.get("cpu_watts_per_core") is not None]
+    return {
+        "cpu_method": _weakest_method(map(cpu_method_of, measured), CPU_METHODS),
+        "cpu_energy_in_total": bool(measured) and all(map(cpu_in_total, measured)),
+        "energy_estimate": any(bool(summary.get("energy_estimate")) for summary in summaries),
+        "cpu_watts_per_core": watts[0] if watts else None,
+    }
+
+
+def energy_total(gpu_energy_kwh: Optional[float], cpu_energy_kwh: Optional[float],
+                 cpu_method: str) -> Tuple[Optional[float], bool]:
+    """The run's ``energy_kwh`` from its parts, and whether the CPU figure is in it.
+
+    RAPL's (measured) CPU energy adds to the GPUs'. The CPU-seconds estimate counts only where
+    no GPU energy was measured, so that a measured GPU figure, the one the study compares, is
+    never mixed with a guess; beside GPU energy it is reported as ``cpu_energy_kwh`` only.
+    None: nothing measured or estimated.
+    """
+    if cpu_energy_kwh is None or (cpu_method == CPU_ESTIMATE and gpu_energy_kwh is not None):
+        return gpu_energy_kwh, False
+    return _sum_measured([gpu_energy_kwh, cpu_energy_kwh]), True
 
 
 def _sum_measured(values: Iterable[Optional[float]]) -> Optional[float]:
@@ -116,9 +187,11 @@ def _sum_measured(values: Iterable[Optional[float]]) -> Optional[float]:
 def merge_node_summaries(summaries: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Add up the summaries of one run's nodes (one meter per node) into the run's summary.
 
-    Energies and costs are summed, duration is the longest node's, ``gpus`` is every node's GPU
-    list in node order (each entry gains ``"node"``: its position in ``summaries``), ``method``
-    is the weakest used, and ``nodes`` keeps each node's summary without its GPU list.
+    Energies, CPU-seconds and costs are summed, duration is the longest node's, ``gpus`` is
+    every node's GPU list in node order (each entry gains ``"node"``: its position in
+    ``summaries``), ``method`` and ``cpu_method`` are the weakest used, ``energy_estimate`` is
+    True where any node's total holds an estimate, and ``nodes`` keeps each node's summary
+    without its GPU list.
 
     Raises:
         ValueError: on an empty list or summaries with different prices or currencies.
@@ -139,6 +212,10 @@ def merge_node_summaries(summaries: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         "gpus": gpus,
         "gpu_energy_kwh": _sum_measured(summary["gpu_energy_kwh"] for summary in summaries),
         "cpu_energy_kwh": _sum_measured(summary["cpu_energy_kwh"] for summary in summaries),
+        **_combined_cpu_fields(summaries),
+        "cpu_seconds": _sum_measured(summary.get("cpu_seconds") for summary in summaries),
+        "cpu_estimate_kwh": _sum_measured(summary.get("cpu_estimate_kwh")
+                                          for summary in summaries),
         "energy_kwh": energy_kwh,
         "cost": None if energy_kwh is None else cost(energy_kwh, price_per_kwh),
         "price_per_kwh": price_per_kwh,
@@ -151,13 +228,16 @@ def merge_node_summaries(summaries: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 def add_energy(earlier: Optional[Dict[str, Any]], later: Optional[Dict[str, Any]]
                ) -> Optional[Dict[str, Any]]:
     """Energy summary of a run resumed after ``earlier`` (None: no earlier segment): the
-    later segment's summary with durations, energies and costs added up, peaks maxed."""
+    later segment's summary with durations, energies, CPU-seconds and costs added up, peaks
+    maxed, and the CPU method and estimate mark of both (:func:`merge_node_summaries`)."""
     if earlier is None or later is None:
         return later or earlier
     total = dict(later, segments=earlier.get("segments", 1) + 1)
-    for key in ("duration_s", "gpu_energy_kwh", "cpu_energy_kwh", "energy_kwh", "cost"):
+    for key in ("duration_s", "gpu_energy_kwh", "cpu_energy_kwh", "energy_kwh", "cost",
+                "cpu_seconds", "cpu_estimate_kwh"):
         if earlier.get(key) is not None:
             total[key] = earlier[key] + (later.get(key) or 0.0)
+    total.update(_combined_cpu_fields([later, earlier]))
     gpus = []
     for index, gpu in enumerate(later.get("gpus", [])):
         before = earlier["gpus"][index] if index < len(earlier.get("gpus", [])) else {}
@@ -191,6 +271,115 @@ def process_cpu_seconds() -> float:
     """CPU time (user + system, all threads) this process has used, in seconds."""
     times = os.times()
     return times.user + times.system
+
+
+def _clock_ticks_per_s() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return 100
+
+
+#: the unit of the CPU times in /proc/<pid>/stat
+CLOCK_TICKS_PER_S = _clock_ticks_per_s()
+
+
+def _stat_fields(proc_root: str, pid: int) -> Optional[List[bytes]]:
+    """The fields of ``<proc_root>/<pid>/stat`` after the command name, from field 3 (state)
+    on; None where the process is gone or the file is malformed."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "rb") as stat_file:
+            text = stat_file.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may itself hold spaces and ')'.
+    fields = text[text.rfind(b")") + 2:].split()
+    return fields if len(fields) >= 15 else None
+
+
+def _stat_cpu_ticks(fields: List[bytes]) -> int:
+    """utime + stime + cutime + cstime (fields 14-17) in clock ticks: the process's own CPU
+    time and that of the children it has waited for."""
+    return sum(int(value) for value in fields[11:15])
+
+
+def _children_by_task_files(proc_root: str, pid: int) -> List[int]:
+    """Child pids of ``pid`` from ``<proc_root>/<pid>/task/<tid>/children`` (one per thread)."""
+    children: List[int] = []
+    for path in glob.glob(os.path.join(proc_root, str(pid), "task", "*", "children")):
+        try:
+            with open(path) as children_file:
+                children += [int(value) for value in children_file.read().split()]
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+    return children
+
+
+def _children_by_scan(proc_root: str) -> Dict[int, List[int]]:
+    """Parent pid -> child pids, from the parent field of every ``<proc_root>/<pid>/stat``."""
+    children: Dict[int, List[int]] = {}
+    try:
+        names = os.listdir(proc_root)
+    except OSError:
+        return children
+    for name in names:
+        if name.isdigit():
+            fields = _stat_fields(proc_root, int(name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(name))
+    return children
+
+
+def live_descendants_cpu_seconds(pid: Optional[int] = None, proc_root: str = "/proc") -> float:
+    """CPU time (s) of the live descendants of ``pid`` (default: this process), each with the
+    children it has waited for, from their ``<proc_root>/<pid>/stat``; 0.0 without /proc.
+
+    Children come from ``/proc/<pid>/task/<tid>/children`` where the kernel has that file
+    (CONFIG_PROC_CHILDREN; reading it costs a few files), else from a scan of every process's
+    parent pid (about 7 us per process on the 2-core test machine).
+    """
+    pid = os.getpid() if pid is None else pid
+    ticks = 0
+    for child in _descendants(proc_root, pid):
+        fields = _stat_fields(proc_root, child)
+        if fields is not None:  # else it ended meanwhile: its parent's figures hold it once reaped
+            ticks += _stat_cpu_ticks(fields)
+    return ticks / CLOCK_TICKS_PER_S
+
+
+def _descendants(proc_root: str, pid: int) -> List[int]:
+    """Pids of the live descendants of ``pid`` (children, grandchildren, ...)."""
+    if glob.glob(os.path.join(proc_root, str(pid), "task", "*", "children")):
+        def children_of(parent: int) -> List[int]:
+            return _children_by_task_files(proc_root, parent)
+    else:
+        table = _children_by_scan(proc_root)
+
+        def children_of(parent: int) -> List[int]:
+            return table.get(parent, [])
+    found: List[int] = []
+    seen, pending = {pid}, list(children_of(pid))  # a copy: the walk must not edit the table
+    while pending:
+        child = pending.pop()
+        if child not in seen:  # a pid reused while walking must not loop
+            seen.add(child)
+            found.append(child)
+            pending += children_of(child)
+    return found
+
+
+def process_tree_cpu_seconds(proc_root: str = "/proc") -> float:
+    """CPU time (user + system, all threads, in seconds) of this process and its descendants:
+    its own and that of the children it has waited for (``os.times``: e.g. the DataLoader
+    workers of a finished epoch), plus the live descendants' (:func:`live_descendants_cpu_seconds`:
+    e.g. the workers of the current epoch). This is what the CPU energy estimate multiplies.
+
+    ``os.times`` is read first: a child reaped between the two reads is missed once (the meter
+    keeps its running figure from going down, and the next reading counts it), never twice.
+    """
+    times = os.times()
+    tree = times.user + times.system + times.children_user + times.children_system
+    return tree + live_descendants_cpu_seconds(proc_root=proc_root)
 
 
 @dataclass
@@ -368,7 +557,11 @@ class EnergyMeter:
         csv_path: where to write the timeline (see :data:`CSV_COLUMNS`) when the meter stops,
             atomically; None = no file. Its folder must exist.
         process_ids: processes whose GPU memory counts as "process memory"; None = this one.
-        powercap_root: folder holding the RAPL powercap domains.
+        powercap_root: folder holding the RAPL powercap domains (tests point it at a fake).
+        cpu_watts_per_core: watts one busy core draws, for the CPU energy estimate where RAPL
+            is unreadable (:data:`DEFAULT_CPU_WATTS_PER_CORE`).
+        cpu_seconds: the CPU-seconds clock the estimate and CPU use read, called once per
+            sample; default :func:`process_tree_cpu_seconds`. Tests pass a scripted one.
 
     Use ``with EnergyMeter(...) as meter: train()`` or ``meter.start()`` ... ``meter.stop()``;
     then ``meter.summary()``. Stopping is immediate, and also happens when the ``with`` body
@@ -379,11 +572,18 @@ class EnergyMeter:
                  price_per_kwh: float = 0.246, currency: str = "EUR", nvml: Any = None,
                  csv_path: Optional[Union[str, os.PathLike]] = None, *,
                  process_ids: Optional[Iterable[int]] = None,
-                 powercap_root: str = "/sys/class/powercap"):
+                 powercap_root: str = "/sys/class/powercap",
+                 cpu_watts_per_core: float = DEFAULT_CPU_WATTS_PER_CORE,
+                 cpu_seconds: Callable[[], float] = process_tree_cpu_seconds):
         if not interval > 0:
             raise ValueError(f"interval must be positive, got {interval}")
         if not price_per_kwh >= 0:
             raise ValueError(f"price_per_kwh must be >= 0, got {price_per_kwh}")
+        if not (cpu_watts_per_core > 0 and math.isfinite(cpu_watts_per_core)):
+            raise ValueError(f"cpu_watts_per_core must be a positive number, got "
+                             f"{cpu_watts_per_core}")
+        self.cpu_watts_per_core = float(cpu_watts_per_core)
+        self._cpu_seconds = cpu_seconds
         self.interval = float(interval)
         self.devices = None if devices is None else list(devices)
         self.price_per_kwh = float(price_per_kwh)
@@ -404,7 +604,7 @@ class EnergyMeter:
         self._end_time: Optional[float] = None
         self._first_cpu: Optional[Tuple[float, float]] = None  # (time_s, cpu seconds)
         self._last_cpu: Optional[Tuple[float, float]] = None
-        self._cpu_energy_j: Optional[float] = None
+        self._rapl_energy_j: Optional[float] = None
         self._process = {"rss_sum": 0.0, "rss_count": 0, "rss_peak": None}
         self.samples = 0
         self.errors = 0
@@ -607,16 +807,12 @@ class EnergyMeter:
             process = self._process
             process["rss_sum"], process["rss_count"], process["rss_peak"] = _add(
                 process["rss_sum"], process["rss_count"], process["rss_peak"], rss)
-        cpu_percent = None
-        cpu_now = (time_s, process_cpu_seconds())
-        if self._last_cpu is None:
-            self._first_cpu = cpu_now
-        elif cpu_now[0] > self._last_cpu[0]:
-            cpu_percent = _cpu_percent(self._last_cpu, cpu_now)
-        self._last_cpu = cpu_now
+        cpu_percent = self._sample_cpu_seconds(time_s)
         if self._rapl is not None and self._rapl.available:
-            self._cpu_energy_j = self._rapl.read_j()
-        process_columns = (rss, cpu_percent, self._cpu_energy_j)
+            self._rapl_energy_j = self._rapl.read_j()
+        cpu_seconds = (None if self._first_cpu is None
+                       else self._last_cpu[1] - self._first_cpu[1])
+        process_columns = (rss, cpu_percent, self._rapl_energy_j, cpu_seconds)
         if self._gpus:
             for gpu in self._gpus:
                 errors_before = gpu.errors
@@ -627,6 +823,26 @@ class EnergyMeter:
         elif self.csv_path is not None:
             self._rows.append((time_s, None, None, None, None, None, None, None) + process_columns)
         self.samples += 1
+
+    def _sample_cpu_seconds(self, time_s: float) -> Optional[float]:
+        """Read the CPU-seconds clock; returns CPU use (%) since the last reading (None at the
+        first, or when the reading failed: counted in ``errors``)."""
+        try:
+            cpu_s = float(self._cpu_seconds())
+        except Exception as error:  # e.g. /proc vanishing under us; never stop the sample
+            self.errors += 1
+            logger.debug("CPU time reading failed: %s", error)
+            return None
+        if self._last_cpu is None:
+            self._first_cpu = self._last_cpu = (time_s, cpu_s)
+            return None
+        # A child reaped between the clock's two reads is missed once: never let the
+        # cumulative figure go down, the next reading catches up.
+        cpu_now = (time_s, max(cpu_s, self._last_cpu[1]))
+        cpu_percent = (_cpu_percent(self._last_cpu, cpu_now)
+                       if cpu_now[0] > self._last_cpu[0] else None)
+        self._last_cpu = cpu_now
+        return cpu_percent
 
     # ---------------------------------------------------------------- results
 
@@ -646,12 +862,15 @@ class EnergyMeter:
         for comparison), ``mean_power_w`` (energy / duration), ``mean_memory_mib``,
         ``peak_memory_mib``, ``mean_process_memory_mib``, ``peak_process_memory_mib``,
         ``mean_utilization``, ``samples``, ``errors``, ``counter_resets``; ``gpu_energy_kwh``
-        (None without GPUs), ``cpu_energy_kwh`` (RAPL packages; None where unreadable),
-        ``energy_kwh`` (their sum over what was measured; None if nothing), ``cost``,
-        ``price_per_kwh``, ``currency``; process ``process_mean_rss_mib``,
-        ``process_peak_rss_mib``, ``process_mean_cpu_percent``; ``interval_s``,
-        ``meter_cpu_s`` (CPU time of the meter thread, once stopped), ``samples``, ``errors``,
-        ``hostname``.
+        (None without GPUs); ``cpu_method`` (:data:`CPU_METHODS`), ``cpu_energy_kwh`` (by
+        that method: RAPL packages, else the estimate), ``cpu_seconds`` (CPU time of the
+        process tree), ``cpu_watts_per_core``, ``cpu_estimate_kwh`` (CPU-seconds x watts,
+        also kept beside RAPL for comparison); ``energy_kwh`` (:func:`energy_total`; None if
+        nothing), ``cpu_energy_in_total``, ``energy_estimate`` (whether ``energy_kwh`` and
+        ``cost`` are an estimate), ``cost``, ``price_per_kwh``, ``currency``; process
+        ``process_mean_rss_mib``, ``process_peak_rss_mib``, ``process_mean_cpu_percent``
+        (process tree); ``interval_s``, ``meter_cpu_s`` (CPU time of the meter thread, once
+        stopped), ``samples``, ``errors``, ``hostname``.
         """
         # A thread stuck in a driver call holds the lock: then read without it.
         locked = self._lock.acquire(timeout=5.0)
@@ -659,17 +878,25 @@ class EnergyMeter:
             duration_s = self._duration_s()
             gpus = [self._gpu_summary(gpu, duration_s) for gpu in self._gpus]
             process = dict(self._process)
-            cpu_energy_j = self._cpu_energy_j
+            rapl_energy_j = self._rapl_energy_j
+            first_cpu, last_cpu = self._first_cpu, self._last_cpu
             samples, errors = self.samples, self.errors
-            mean_cpu_percent = (None if self._first_cpu is None or self._last_cpu is None
-                                or self._last_cpu[0] <= self._first_cpu[0]
-                                else _cpu_percent(self._first_cpu, self._last_cpu))
         finally:
             if locked:
                 self._lock.release()
+        mean_cpu_percent = (None if first_cpu is None or last_cpu[0] <= first_cpu[0]
+                            else _cpu_percent(first_cpu, last_cpu))
+        cpu_seconds = None if first_cpu is None else last_cpu[1] - first_cpu[1]
+        cpu_estimate_kwh = (None if cpu_seconds is None
+                            else cpu_seconds * self.cpu_watts_per_core / JOULES_PER_KWH)
+        if rapl_energy_j is not None:
+            cpu_method, cpu_energy_kwh = "rapl", rapl_energy_j / JOULES_PER_KWH
+        elif cpu_estimate_kwh is not None:
+            cpu_method, cpu_energy_kwh = CPU_ESTIMATE, cpu_estimate_kwh
+        else:
+            cpu_method, cpu_energy_kwh = "unavailable", None
         gpu_energy_kwh = sum(gpu["energy_kwh"] for gpu in gpus) if gpus else None
-        cpu_energy_kwh = None if cpu_energy_j is None else cpu_energy_j / JOULES_PER_KWH
-        energy_kwh = _sum_measured([gpu_energy_kwh, cpu_energy_kwh])
+        energy_kwh, cpu_counted = energy_total(gpu_energy_kwh, cpu_energy_kwh, cpu_method)
         return {
             "duration_s": duration_s,
             "method": _weakest_method(gpu["method"] for gpu in gpus),
@@ -677,8 +904,14 @@ class EnergyMeter:
             "gpu_unavailable_reason": None if gpus else self.gpu_unavailable_reason,
             "gpus": gpus,
             "gpu_energy_kwh": gpu_energy_kwh,
+            "cpu_method": cpu_method,
             "cpu_energy_kwh": cpu_energy_kwh,
+            "cpu_seconds": cpu_seconds,
+            "cpu_watts_per_core": self.cpu_watts_per_core,
+            "cpu_estimate_kwh": cpu_estimate_kwh,
             "energy_kwh": energy_kwh,
+            "cpu_energy_in_total": cpu_counted,
+            "energy_estimate": cpu_counted and cpu_method == CPU_ESTIMATE,
             "cost": None if energy_kwh is None else cost(energy_kwh, self.price_per_kwh),
             "price_per_kwh": self.price_per_kwh,
             "currency": self.currency,

@@ -34,20 +34,22 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from maskdla.cli import run_main
-from maskdla.config import TrainConfig
-from maskdla.energy import savings_percent
+from maskdla.config import RUN_FACTS as CONFIG_RUN_FACTS, TrainConfig
+from maskdla.energy import cpu_in_total, savings_percent
 from maskdla.errors import InputError
 from maskdla.files import read_json, write_bytes_atomic
-from maskdla.tables import (AP_COLUMNS, MISSING, TASK_NAMES, efficiency_row, format_ap,
-                            format_duration, format_percent, markdown_table)
+from maskdla.tables import (AP_COLUMNS, ESTIMATE, MISSING, TASK_NAMES, efficiency_row,
+                            format_ap, format_duration, format_kwh, format_percent,
+                            markdown_table)
 
 #: Metric columns of the quality table, as the study reports them (APs is empty for
 #: VORAU-253: no object is smaller than 32x32 px).
 QUALITY_METRICS = AP_COLUMNS
 #: (metrics.json task key, the study's task name)
 TASKS = tuple(TASK_NAMES.items())
-#: keys of config.json that are facts of the run, not settings
-RUN_FACTS = ("world_size", "train_size", "classes")
+#: keys of config.json that are facts of the run, not settings (classes: the run's own,
+#: also a setting of a replay)
+RUN_FACTS = (*CONFIG_RUN_FACTS, "classes")
 #: Plot file names (without .png) and titles, in report order.
 PLOTS = (
     ("loss", "Training loss (dashed: LR steps)"),
@@ -320,9 +322,14 @@ def _training_time_s(run: RunRecord) -> Optional[float]:
 
 
 def _energy_kwh(run: RunRecord) -> Optional[float]:
-    """The run's measured energy (GPUs plus CPU packages where measured), as in the kWh
-    column; None when nothing was measured."""
+    """The run's energy (GPUs plus CPU packages where measured; a CPU-only run's CPU
+    estimate where RAPL was unreadable), as in the kWh column; None when there is none."""
     return _number(_energy_summary(run).get("energy_kwh"))
+
+
+def _energy_is_estimate(run: RunRecord) -> bool:
+    """Whether the run's kWh (and cost) hold the CPU-seconds estimate."""
+    return bool(_energy_summary(run).get("energy_estimate"))
 
 
 def _efficiency_cells(run: RunRecord) -> Dict[str, str]:
@@ -417,6 +424,9 @@ def efficiency_table(runs: Sequence[RunRecord]) -> Optional[Table]:
     columns = ["Training Time", *(f"Mem GPU{i + 1}" for i in range(gpu_count)), "kWh", "Cost"]
     rows = [[label, *(row.get(column, MISSING) for column in columns)] for label, row in cells]
     note = "kWh and Cost: energy of the run (GPUs, plus CPU packages where measured)."
+    if any(_energy_is_estimate(run) for run in runs if run.summary is not None):
+        note += (f" {ESTIMATE}: no GPU and RAPL unreadable, so CPU-seconds x watts per core "
+                 "(docs/energy.md), not a measurement.")
     if gpu_count:
         note = "Mem: peak GPU memory used (as nvidia-smi shows it); " + note
     return Table("Efficiency", [header, *columns], rows, note=note)
@@ -427,23 +437,28 @@ def savings_table(runs: Sequence[RunRecord], baseline: RunRecord) -> Table:
     (the study: 0.684 vs 3.823 kWh = 82.1 % saved)."""
     header, labels = run_labels(runs)
     base_kwh, base_time = _energy_kwh(baseline), _training_time_s(baseline)
+    base_estimate = _energy_is_estimate(baseline)
     rows = []
     for run, label in zip(runs, labels):
         if run is baseline or run.summary is None:
             continue
         kwh, seconds = _energy_kwh(run), _training_time_s(run)
+        estimate = _energy_is_estimate(run)
         energy_saved = (savings_percent(base_kwh, kwh)
                         if base_kwh and kwh is not None else None)
         time_saved = (savings_percent(base_time, seconds)
                       if base_time and seconds is not None else None)
-        rows.append([label, MISSING if kwh is None else f"{kwh:.3f}",
-                     format_percent(energy_saved),
+        # a saving computed from an estimate on either side is an estimate too
+        saved_text = format_percent(energy_saved)
+        if energy_saved is not None and (estimate or base_estimate):
+            saved_text += f" {ESTIMATE}"
+        rows.append([label, format_kwh(kwh, estimate), saved_text,
                      MISSING if seconds is None else format_duration(seconds),
                      format_percent(time_saved)])
     return Table(f"Savings vs {baseline.name}",
                  [header, "kWh", "Energy saved", "Training Time", "Time saved"], rows,
-                 note=f"Baseline {baseline.path}: "
-                      f"{MISSING if base_kwh is None else f'{base_kwh:.3f}'} kWh, "
+                 note=f"Baseline {baseline.path}: {format_kwh(base_kwh, base_estimate, 'kWh')}"
+                      f"{'' if base_kwh is not None else ' kWh'}, "
                       f"{MISSING if base_time is None else format_duration(base_time)}.")
 
 
@@ -586,13 +601,18 @@ def plot_gpu_memory(runs: Sequence[RunRecord], labels: Sequence[str]) -> Optiona
 
 
 def plot_energy(runs: Sequence[RunRecord], labels: Sequence[str]) -> Optional[bytes]:
-    """Energy of each run (kWh) as bars: GPUs, with CPU packages stacked where measured."""
+    """Energy of each run (kWh) as bars: GPUs, with the CPU stacked where it counts in the
+    run's kWh (RAPL; the estimate of a run without GPUs, whose label then ends in
+    "(estimate)")."""
     bars = []
     for run, label in zip(runs, labels):
         energy = _energy_summary(run)
         gpu, cpu = _number(energy.get("gpu_energy_kwh")), _number(energy.get("cpu_energy_kwh"))
+        if cpu is not None and not cpu_in_total(energy):
+            cpu = None  # an estimate beside measured GPU energy is not part of the kWh
         if gpu is not None or cpu is not None:
-            bars.append((label, gpu or 0.0, cpu or 0.0))
+            bars.append((label + (f" {ESTIMATE}" if _energy_is_estimate(run) else ""),
+                         gpu or 0.0, cpu or 0.0))
     if not bars:
         return None
     figure = _figure(max(5.0, 0.8 * len(bars) + 2), 4.5)

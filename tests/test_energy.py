@@ -1,9 +1,11 @@
-"""Tests of maskdla.energy: the meter against a fake NVML backend, RAPL, and the study's arithmetic."""
+"""Tests of maskdla.energy: the meter against a fake NVML backend, RAPL and the CPU-seconds
+estimate against fake powercap and /proc trees, and the study's arithmetic."""
 from __future__ import annotations
 
 import csv
 import math
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -12,12 +14,14 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 
+from maskdla.config import TrainConfig
 from maskdla.energy import (
-    CSV_COLUMNS, EnergyMeter, RaplReader, cost, mean_power_energy_kwh, merge_node_summaries,
-    savings_percent, should_measure,
+    CLOCK_TICKS_PER_S, CSV_COLUMNS, DEFAULT_CPU_WATTS_PER_CORE, EnergyMeter, RaplReader,
+    add_energy, cost, live_descendants_cpu_seconds, mean_power_energy_kwh, merge_node_summaries,
+    process_tree_cpu_seconds, savings_percent, should_measure,
 )
 from maskdla.errors import InputError
-from maskdla.tables import efficiency_row, format_duration
+from maskdla.tables import efficiency_row, energy_breakdown, format_duration, summary_markdown
 
 MIB = 1024 * 1024
 INTERVAL = 0.01
@@ -176,7 +180,9 @@ def test_counter_path_sums_counter_deltas(tmp_path):
     assert gpu_summary["energy_kwh"] == pytest.approx(7.0 / 3.6e6)
     assert summary["gpu_energy_kwh"] == pytest.approx(7.0 / 3.6e6)
     assert summary["energy_kwh"] == pytest.approx(7.0 / 3.6e6)  # no RAPL here
-    assert summary["cpu_energy_kwh"] is None
+    # without RAPL the CPU is estimated, beside the measured GPU energy and not added to it
+    assert summary["cpu_method"] == "cpu-seconds-estimate" and summary["cpu_energy_kwh"] >= 0
+    assert not summary["cpu_energy_in_total"] and not summary["energy_estimate"]
     assert summary["cost"] == pytest.approx(7.0 / 3.6e6 * 0.246)
     assert gpu_summary["mean_power_w"] == pytest.approx(7.0 / summary["duration_s"])
     assert gpu_summary["peak_memory_mib"] == pytest.approx(3000.0)  # memory info v2
@@ -317,12 +323,18 @@ def assert_unavailable_but_still_measures_the_process(meter: EnergyMeter, reason
     assert summary["method"] == "unavailable" and not summary["gpu_available"]
     assert reason in summary["gpu_unavailable_reason"]
     assert summary["gpus"] == [] and summary["gpu_energy_kwh"] is None
-    assert summary["energy_kwh"] is None and summary["cost"] is None
     assert summary["duration_s"] > 0 and summary["samples"] >= 2
     assert summary["process_peak_rss_mib"] > 1
     assert summary["process_mean_cpu_percent"] >= 0
+    # no GPU and no RAPL: the energy is the CPU-seconds estimate, and says so
+    assert summary["cpu_method"] == "cpu-seconds-estimate" and summary["energy_estimate"]
+    assert summary["cpu_seconds"] >= 0
+    kwh = summary["cpu_seconds"] * DEFAULT_CPU_WATTS_PER_CORE / 3.6e6
+    assert summary["energy_kwh"] == summary["cpu_energy_kwh"] == pytest.approx(kwh)
+    assert summary["cost"] == pytest.approx(kwh * 0.246)
     assert efficiency_row(summary) == {"Training Time": format_duration(summary["duration_s"]),
-                                       "kWh": "n/a", "Cost": "n/a"}
+                                       "kWh": "0.000 (estimate)",
+                                       "Cost": "0.000 EUR (estimate)"}
 
 
 def test_nvml_library_not_installed(monkeypatch, tmp_path):
@@ -438,6 +450,250 @@ def test_meter_reports_cpu_energy_apart_and_in_the_total(tmp_path):
     assert summary["cpu_energy_kwh"] == pytest.approx(2e-6)
     assert summary["energy_kwh"] == pytest.approx(3e-6)
     assert float(read_timeline(tmp_path / "energy.csv")[-1]["cpu_energy_j"]) == pytest.approx(7.2)
+
+
+# ------------------------------------------------------------------------------ CPU energy
+
+class ScriptedCpuSeconds:
+    """A CPU-seconds clock for the meter: ``values`` in call order, then the last again; an
+    exception instance among them is raised at its turn."""
+
+    def __init__(self, values: Sequence):
+        self.values = list(values)
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        value = self.values[min(self.calls, len(self.values)) - 1]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+def no_gpu() -> FakeNVML:
+    return FakeNVML([], init_error=True)
+
+
+def test_rapl_meter_handles_wraparound_and_is_the_energy_of_a_run_without_gpu(tmp_path):
+    root = tmp_path / "powercap"
+    package0 = write_domain(root, "intel-rapl:0", "package-0", 999_000_000,
+                            max_range_uj=1_000_000_000)
+    package1 = write_domain(root, "intel-rapl:1", "package-1", 5_000_000,
+                            max_range_uj=1_000_000_000)
+    clock = ScriptedCpuSeconds([50.0, 80.0, 90.0])
+    # interval 30 s: only start, the one sample() below and stop sample, in that order
+    with make_meter(interval=30.0, nvml=no_gpu(), powercap_root=str(root), cpu_seconds=clock,
+                    csv_path=tmp_path / "energy.csv") as meter:
+        (package0 / "energy_uj").write_text("2000000\n")  # wrapped: 1 J to the top, 2 J after
+        (package1 / "energy_uj").write_text("9000000\n")  # 4 J
+        meter.sample()
+        (package0 / "energy_uj").write_text("12000000\n")  # 10 J
+    summary = meter.summary()
+    assert summary["cpu_method"] == "rapl" and not summary["energy_estimate"]
+    assert summary["cpu_energy_kwh"] == pytest.approx(17.0 / 3.6e6)
+    assert summary["energy_kwh"] == pytest.approx(17.0 / 3.6e6) and summary["cpu_energy_in_total"]
+    assert summary["cost"] == pytest.approx(17.0 / 3.6e6 * 0.246)
+    # the estimate is kept beside RAPL, to compare the two
+    assert summary["cpu_seconds"] == 40.0
+    assert summary["cpu_estimate_kwh"] == pytest.approx(40.0 * DEFAULT_CPU_WATTS_PER_CORE / 3.6e6)
+    assert efficiency_row(summary)["kWh"] == "0.000"  # measured: no mark
+    rows = read_timeline(tmp_path / "energy.csv")
+    assert [float(row["cpu_energy_j"]) for row in rows] == pytest.approx([0.0, 7.0, 17.0])
+    assert [float(row["cpu_seconds"]) for row in rows] == [0.0, 30.0, 40.0]
+
+
+def estimate_meter(tmp_path=None, nvml=None, counter_mj=None) -> EnergyMeter:
+    """A stopped meter that saw 3,600 CPU-seconds (1,000 -> 4,600) at 10 W per core, no RAPL."""
+    clock = ScriptedCpuSeconds([1000.0, 2800.0, 4600.0])
+    with make_meter(interval=30.0, nvml=nvml or no_gpu(), cpu_seconds=clock,
+                    cpu_watts_per_core=10.0,
+                    csv_path=None if tmp_path is None else tmp_path / "energy.csv") as meter:
+        meter.sample()
+    assert clock.calls == 3
+    return meter
+
+
+def test_without_rapl_or_gpu_the_energy_is_the_cpu_seconds_estimate_and_says_so(tmp_path):
+    summary = estimate_meter(tmp_path).summary()
+    # 3,600 CPU-seconds x 10 W = 36 kJ = 0.01 kWh
+    assert summary["cpu_method"] == "cpu-seconds-estimate"
+    assert summary["cpu_seconds"] == 3600.0 and summary["cpu_watts_per_core"] == 10.0
+    assert summary["cpu_energy_kwh"] == pytest.approx(0.01)
+    assert summary["energy_kwh"] == pytest.approx(0.01)
+    assert summary["cost"] == pytest.approx(0.01 * 0.246)
+    assert summary["energy_estimate"] and summary["cpu_energy_in_total"]
+    assert efficiency_row(summary) == {"Training Time": format_duration(summary["duration_s"]),
+                                       "kWh": "0.010 (estimate)",
+                                       "Cost": "0.002 EUR (estimate)"}
+    assert energy_breakdown(summary) == (
+        "CPU 0.0100 kWh (estimate: 3,600 CPU-seconds x 10 W per core)")
+    rows = read_timeline(tmp_path / "energy.csv")
+    assert [float(row["cpu_seconds"]) for row in rows] == [0.0, 1800.0, 3600.0]
+    assert {row["cpu_energy_j"] for row in rows} == {""}  # that column is RAPL's only
+
+
+def test_beside_measured_gpu_energy_the_estimate_is_shown_but_not_added():
+    # counter reads: probe at open, start, sample(), stop -> 3,600 J = 0.001 kWh
+    gpu = FakeGpu("GPU-aaa", counter_mj=[0, 0, 1_800_000, 3_600_000])
+    summary = estimate_meter(nvml=FakeNVML([gpu])).summary()
+    assert summary["gpu_energy_kwh"] == pytest.approx(0.001)
+    assert summary["cpu_energy_kwh"] == pytest.approx(0.01)
+    assert summary["energy_kwh"] == pytest.approx(0.001)  # the measured GPU figure only
+    assert not summary["cpu_energy_in_total"] and not summary["energy_estimate"]
+    assert efficiency_row(summary)["kWh"] == "0.001"
+    assert energy_breakdown(summary) == (
+        "GPUs 0.00100 kWh (counter), CPU 0.0100 kWh (estimate: 3,600 CPU-seconds x 10 W per "
+        "core), not in the total")
+
+
+def test_the_cpu_seconds_figure_never_goes_down_and_a_failed_reading_costs_no_sample():
+    # 10 -> 50, a reading of 40 (a child reaped between the clock's reads) stays 50,
+    # a failed reading is counted and skipped, then 70: 60 CPU-seconds in all
+    clock = ScriptedCpuSeconds([10.0, 50.0, 40.0, OSError("/proc vanished"), 70.0])
+    with make_meter(interval=30.0, nvml=no_gpu(), cpu_seconds=clock) as meter:
+        for _ in range(3):
+            meter.sample()
+    summary = meter.summary()
+    assert clock.calls == 5 and summary["samples"] == 5 and summary["errors"] == 1
+    assert summary["cpu_seconds"] == 60.0
+
+
+def test_summary_markdown_marks_the_estimate():
+    energy = merge_node_summaries([estimate_meter().summary()])
+    summary = {"world_size": 1, "train_size": 128, "iterations": 64, "training_time_s": 3600.0,
+               "images_per_s": 0.04, "energy": energy,
+               "metrics": {"bbox": {"AP": 10.0}, "segm": {"AP": 9.0}}}
+    markdown = summary_markdown(TrainConfig(out="runs/cpu"), summary)
+    assert "| 1 h 0 min | 0.010 (estimate) | 0.002 EUR (estimate) |" in markdown
+    assert "- energy: CPU 0.0100 kWh (estimate: 3,600 CPU-seconds x 10 W per core)" in markdown
+    assert "- GPU energy method: unavailable (NVML could not start" in markdown
+
+
+def test_nodes_and_resumed_segments_keep_the_cpu_method_and_the_estimate_mark():
+    estimated = estimate_meter().summary()
+    # a node (or an older checkpoint's segment) whose CPU energy came from RAPL
+    rapl = dict(node_summary([], 0.002, 60.0), gpus=[], gpu_energy_kwh=None, energy_kwh=0.002,
+                cost=cost(0.002, 0.246))
+    merged = merge_node_summaries([rapl, estimated])
+    assert merged["cpu_method"] == "cpu-seconds-estimate" and merged["energy_estimate"]
+    assert merged["cpu_energy_kwh"] == pytest.approx(0.012)
+    assert merged["energy_kwh"] == pytest.approx(0.012) and merged["cpu_energy_in_total"]
+    assert merged["cpu_seconds"] == 3600.0
+    resumed = add_energy(estimated, estimated)
+    assert resumed["cpu_seconds"] == 7200.0 and resumed["energy_kwh"] == pytest.approx(0.02)
+    assert resumed["energy_estimate"] and resumed["cost"] == pytest.approx(0.02 * 0.246)
+    assert efficiency_row(dict(resumed))["kWh"] == "0.020 (estimate)"
+    after_rapl = add_energy(rapl, estimated)
+    assert after_rapl["cpu_method"] == "cpu-seconds-estimate" and after_rapl["energy_estimate"]
+    assert after_rapl["energy_kwh"] == pytest.approx(0.012)
+    measured = add_energy(rapl, rapl)
+    assert measured["cpu_method"] == "rapl" and not measured["energy_estimate"]
+
+
+def test_bad_cpu_watts_per_core():
+    for watts in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cpu_watts_per_core"):
+            make_meter(cpu_watts_per_core=watts)
+
+
+# ------------------------------------------------------------------------------ CPU-seconds
+
+def write_process(proc, pid: int, ppid: int, ticks: Sequence[int], comm: str = "python3",
+                  children: Optional[Sequence[int]] = None) -> None:
+    """A fake /proc/<pid>/stat with utime, stime, cutime, cstime = ``ticks``; with
+    ``children``, also /proc/<pid>/task/<pid>/children (kernels with CONFIG_PROC_CHILDREN)."""
+    folder = proc / str(pid)
+    folder.mkdir(parents=True)
+    utime, stime, cutime, cstime = ticks
+    (folder / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194304 0 0 0 0 "
+                                 f"{utime} {stime} {cutime} {cstime} 20 0 1 0 100 0 0\n")
+    if children is not None:
+        task = folder / "task" / str(pid)
+        task.mkdir(parents=True)
+        (task / "children").write_text("".join(f"{child} " for child in children))
+
+
+def write_process_tree(proc, with_children_files: bool) -> None:
+    """100 (us) -> 200 -> 300, and 100 -> 201; 400 is someone else's. With children files
+    the parent fields are wrong on purpose: those files, not the fields, must be read."""
+    def parent(real: int) -> int:
+        return 1 if with_children_files else real
+
+    def kids(pids: Sequence[int]) -> Optional[Sequence[int]]:
+        return pids if with_children_files else None
+
+    write_process(proc, 100, parent(1), (500, 500, 0, 0), children=kids([200, 201]))
+    write_process(proc, 200, parent(100), (150, 50, 0, 0), comm="pt_data_worker (0)",
+                  children=kids([300]))
+    write_process(proc, 201, parent(100), (100, 0, 30, 20), children=kids([]))
+    write_process(proc, 300, parent(200), (40, 10, 0, 0), children=kids([]))
+    write_process(proc, 400, 1, (999, 999, 0, 0), children=kids([]))
+    (proc / "self").mkdir()  # not a pid: skipped
+
+
+@pytest.mark.parametrize("with_children_files", [False, True])
+def test_live_descendants_are_found_by_parent_scan_or_children_files(tmp_path,
+                                                                     with_children_files):
+    write_process_tree(tmp_path, with_children_files)
+    # 200: 150 + 50; 201: 100 + 30 + 20 (its reaped children); 300: 40 + 10 -> 400 ticks
+    assert live_descendants_cpu_seconds(100, str(tmp_path)) == pytest.approx(
+        400 / CLOCK_TICKS_PER_S)
+    assert live_descendants_cpu_seconds(300, str(tmp_path)) == 0.0
+    assert live_descendants_cpu_seconds(100, str(tmp_path / "absent")) == 0.0
+
+
+BURN_THEN_WAIT = """
+import os, sys, time
+end = time.process_time() + 0.15
+while time.process_time() < end:
+    pass
+times = os.times()
+print(times.user + times.system, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_live_child_counts_once_and_still_counts_once_reaped():
+    tick = 1.0 / CLOCK_TICKS_PER_S
+    before = process_tree_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", BURN_THEN_WAIT], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    child_cpu_s = float(child.stdout.readline())
+    live = process_tree_cpu_seconds() - before
+    child.stdin.close()
+    assert child.wait(timeout=30) == 0
+    child.stdout.close()
+    reaped = process_tree_cpu_seconds() - before
+    assert child_cpu_s >= 0.15
+    # what this process used meanwhile (starting the child, reading /proc) is well under 0.08 s;
+    # a child counted twice would add another >= 0.15 s
+    assert child_cpu_s - 2 * tick <= live <= child_cpu_s + 0.08
+    assert child_cpu_s - 2 * tick <= reaped <= child_cpu_s + 0.08
+
+
+# ------------------------------------------------------------------------------ the flag
+
+@pytest.mark.parametrize("watts", [0.0, -4.4, float("nan"), float("inf"), "12"])
+def test_cpu_watts_per_core_must_be_a_finite_positive_number(watts):
+    with pytest.raises(InputError, match="--cpu-watts-per-core must be a finite number > 0"):
+        TrainConfig(cpu_watts_per_core=watts).validate()
+
+
+def test_the_flag_reaches_the_meter_and_a_bad_value_is_one_line_and_exit_2(tmp_path, capsys):
+    from maskdla.cli import run_main
+    from maskdla.train import _energy_meter, config_from_argv, main
+
+    assert TrainConfig().cpu_watts_per_core == DEFAULT_CPU_WATTS_PER_CORE
+    config = config_from_argv(["--cpu-watts-per-core", "4.4", "--out", str(tmp_path)])
+    run = SimpleNamespace(config=config, run_dir=tmp_path, iteration=0,
+                          context=SimpleNamespace(local_rank=0, rank=0, is_main=True))
+    assert _energy_meter(run).cpu_watts_per_core == 4.4
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, ["--cpu-watts-per-core", "0", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "maskdla: error: --cpu-watts-per-core must be a finite number > 0, got 0.0\n")
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------ DDP and nodes

@@ -211,6 +211,27 @@ def test_cpu_run_without_gpu_figures(tmp_path):
     assert "| resnet50 | 2 min | n/a | n/a |" in tables["Efficiency"]
 
 
+def test_an_estimated_cpu_run_is_marked_wherever_its_energy_shows(study_runs, tmp_path):
+    """No GPU, no RAPL: kWh and cost are the CPU-seconds estimate (maskdla.energy), and the
+    efficiency and savings tables say so, as does a saving computed from it."""
+    base, _, _ = study_runs
+    summary = _summary(3600.0, [], None, None, method="unavailable")
+    summary["energy"].update(cpu_method="cpu-seconds-estimate", cpu_energy_kwh=0.5,
+                             cpu_seconds=150_000.0, cpu_watts_per_core=12.0, energy_kwh=0.5,
+                             cpu_energy_in_total=True, energy_estimate=True, cost=0.123)
+    cpu = write_run(tmp_path, "cpu", "resnet50", 2, "default",
+                    _metrics((10, 20, 5, -1, -1, 10), (9, 19, 4, -1, -1, 9)), summary)
+    report = build_report([base, cpu], baseline="base_case")
+    tables = {table.title: table.to_markdown() for table in report.tables}
+    efficiency = tables["Efficiency"]
+    assert "| cpu | 1 h 0 min | n/a | n/a | 0.500 (estimate) | 0.123 EUR (estimate) |" in efficiency
+    assert "| base_case | 10 h 48 min | 4,941 MiB | 4,901 MiB | 3.823 | 0.940 EUR |" in efficiency
+    assert "(estimate): no GPU and RAPL unreadable, so CPU-seconds x watts per core" in efficiency
+    # 1 - 0.5 / 3.823 = 86.9 % saved, by an estimate
+    assert ("| cpu | 0.500 (estimate) | 86.9 % (estimate) | 1 h 0 min | 90.7 % |"
+            in tables["Savings vs base_case"])
+
+
 def _assert_png(data: bytes):
     from PIL import Image
     assert data[:8] == PNG_SIGNATURE

@@ -133,8 +133,9 @@ def sample_cost_s(interval: float, repeats: int = 200) -> Dict[str, Any]:
             times.append(time.perf_counter() - begin)
     summary = meter.summary()
     return {"sample_s": statistics.median(times), "method": summary["method"],
-            "gpus": len(summary["gpus"]), "cpu_energy_measured": summary["cpu_energy_kwh"]
-            is not None, "gpu_unavailable_reason": summary["gpu_unavailable_reason"]}
+            # measured means RAPL: without it cpu_energy_kwh holds the CPU-seconds estimate
+            "gpus": len(summary["gpus"]), "cpu_energy_measured": summary["cpu_method"] == "rapl",
+            "gpu_unavailable_reason": summary["gpu_unavailable_reason"]}
 
 
 def run_overhead(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
