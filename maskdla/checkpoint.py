@@ -9,48 +9,84 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import warnings
 from typing import Any, Dict, Tuple, Union
 
 import torch
 from torchvision.models.detection import MaskRCNN
 
-from maskdla.errors import InputError
+from maskdla.errors import InputError, error_line, torch_load_problem
 from maskdla.files import write_atomic
 from maskdla.config import TrainConfig
 from maskdla.model import build_model_from_config
+from maskdla.zoo import SHIPPED, is_shipped, read_shipped
 
 REQUIRED_KEYS = ("model", "config", "classes")
+#: how torch.save's zip writer reports a write that failed
+WRITE_FAILED = re.compile(r"inline_container|file write failed|unexpected pos", re.IGNORECASE)
 PathLike = Union[str, os.PathLike]
 
 
 def save_checkpoint(checkpoint: Dict[str, Any], path: PathLike) -> None:
     """Write ``checkpoint`` to ``path`` atomically and durably (fsync before the rename):
-    a crash or power cut mid-write leaves the previous file intact."""
-    write_atomic(path, lambda file: torch.save(checkpoint, file), durable=True)
+    a crash or power cut mid-write leaves the previous file intact.
+
+    Raises:
+        InputError: naming the file, when it cannot be written (a full disk, a read-only
+            folder); no partial file is left.
+    """
+    try:
+        write_atomic(path, lambda file: torch.save(checkpoint, file), durable=True)
+    except RuntimeError as error:
+        # torch's zip writer reports a failed write (a full disk, mostly) as RuntimeError
+        # "[enforce fail at inline_container.cc:...] ... file write failed", not OSError
+        if not WRITE_FAILED.search(str(error)):
+            raise
+        raise InputError(f"cannot write the checkpoint, is the disk full? ({error_line(error)})",
+                         path) from None
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Load a maskdla checkpoint with ``torch.load(weights_only=True)``.
 
     Raises InputError naming the file when it is missing, truncated, not a torch file,
-    holds anything but plain data (e.g. a pickle that would run code), or lacks the keys
-    of a maskdla checkpoint.
+    holds anything but plain data (e.g. a pickle that would run code), lacks the keys
+    of a maskdla checkpoint, or has weights that are NaN or infinite. ``path`` may be the
+    name of a model shipped in the package (:mod:`maskdla.zoo`: ``segmonto-base``).
     """
+    if is_shipped(path):
+        checkpoint = read_shipped(str(path))
+        check_finite_weights(checkpoint["model"], path)
+        return checkpoint
     if not os.path.isfile(path):
-        raise InputError("checkpoint file not found", path)
+        known = ", ".join(sorted(SHIPPED))
+        raise InputError(f"checkpoint file not found (nor a shipped model: {known})", path)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            reason = "it holds Python objects other than tensors and plain data; refusing to unpickle them"
-        else:
-            reason = f"it is corrupted, truncated or not a PyTorch file ({type(error).__name__}: {first_line[:200]})"
-        raise InputError(f"cannot load checkpoint: {reason}", path) from None
+        with warnings.catch_warnings():  # torch's aside on a plain pickle, beside our line
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # random bytes, a truncated file, a pickle with code...
+        raise InputError(f"cannot load checkpoint: {torch_load_problem(error)}", path) from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise InputError("not a maskdla checkpoint (needs the keys "
                          f"{', '.join(REQUIRED_KEYS)})", path)
+    check_finite_weights(checkpoint["model"], path)
     return checkpoint
+
+
+def check_finite_weights(state_dict: Any, path: PathLike) -> None:
+    """InputError naming the file when weights hold NaN or infinity: such a model predicts
+    nothing on every page (or NaN losses on resuming) without any other sign."""
+    if not isinstance(state_dict, dict):
+        return  # load_model reports a state dict that does not fit
+    broken = [key for key, value in state_dict.items()
+              if isinstance(value, torch.Tensor) and value.is_floating_point()
+              and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise InputError(f"{len(broken)} of the model's {len(state_dict)} tensors hold NaN or "
+                         f"infinite values (e.g. {broken[0]}): the run that saved it diverged; "
+                         "use an earlier checkpoint", path)
 
 
 def load_model(checkpoint: Union[PathLike, Dict[str, Any]], device: Union[str, torch.device] = "cpu"

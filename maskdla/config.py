@@ -32,6 +32,9 @@ ANCHOR_SCALES = (1, 2, 3, 4)
 #: --resume value: continue the run folder's own checkpoint_last.pth when there is one
 RESUME_AUTO = "auto"
 AMP_MODES = ("off", "fp16", "bf16")
+#: what a run folder's config.json records next to the settings: facts of that run (how
+#: many processes, how many training pages), read back by reports, never settings of a new run
+RUN_FACTS = ("world_size", "train_size")
 #: torchvision's (and detectron2's) RPN anchor aspect ratios, height / width
 DEFAULT_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 
@@ -122,6 +125,9 @@ class TrainConfig:
     energy_interval: float = 1.0
     price_per_kwh: float = 0.246
     currency: str = "EUR"
+    #: watts one busy core draws, for the CPU energy estimate where RAPL is unreadable:
+    #: the Green Algorithms calculator's per-core TDP for an unknown CPU (docs/energy.md)
+    cpu_watts_per_core: float = 12.0
     synthetic_pages: int = 228
     synthetic_train: int = 128
     synthetic_width: int = 1000
@@ -165,6 +171,7 @@ class TrainConfig:
             values = read_json(path, "training config")
         if not isinstance(values, dict):
             raise InputError("a training config must be a JSON object / TOML table", path)
+        values = {key: value for key, value in values.items() if key not in RUN_FACTS}
         try:
             return cls.from_dict(values)
         except InputError as error:
@@ -207,8 +214,14 @@ class TrainConfig:
         if self.anchor_scales not in ANCHOR_SCALES:
             raise InputError(f"--anchor-scales must be one of {', '.join(map(str, ANCHOR_SCALES))}, "
                              f"got {self.anchor_scales!r}")
-        if not self.lr > 0:
-            raise InputError(f"--lr must be positive, got {self.lr!r}")
+        self._validate_optimizer()
+        if max(self.min_size) > self.max_size:
+            # training_size caps the long side at max_size first: every page would train
+            # (and predict) below the min_size asked for
+            raise InputError(f"--max-size {self.max_size} is below --min-size "
+                             f"{max(self.min_size)}: the long side is capped at --max-size, so "
+                             "pages would never reach the short side asked for; give a "
+                             "--max-size of at least the largest --min-size")
         if self.data and (self.train_ann or self.test_ann):
             raise InputError("give either --data or --train-ann/--test-ann, not both")
         if bool(self.train_ann) != bool(self.test_ann):
@@ -221,11 +234,27 @@ class TrainConfig:
         if self.workers < 0 or self.warmup_iters < 0 or self.patience < 0:
             raise InputError("--workers, --warmup-iters and --patience must be 0 or more")
         self._validate_stability_and_selection()
+        watts = self.cpu_watts_per_core
+        if (isinstance(watts, bool) or not isinstance(watts, (int, float))
+                or not (watts > 0 and math.isfinite(watts))):
+            raise InputError(f"--cpu-watts-per-core must be a finite number > 0, got {watts!r}")
         try:
             plan(self.epochs, 1, 1, 1, self.lr_steps)
         except ValueError as error:
             raise InputError(str(error)) from None
         return self
+
+    def _validate_optimizer(self) -> None:
+        """The SGD settings: NaN slips through ``<`` comparisons, inf trains to NaN."""
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"--lr must be a finite number > 0, got {self.lr!r}")
+        if not 0 <= self.momentum < 1:  # also refuses NaN
+            raise InputError(f"--momentum must be in [0, 1), got {self.momentum!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise InputError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not 0 < self.gamma <= 1:
+            raise InputError(f"--gamma (the LR factor at each step) must be in (0, 1], "
+                             f"got {self.gamma!r}")
 
     def _validate_stability_and_selection(self) -> None:
         if not (self.clip_grad_norm >= 0 and math.isfinite(self.clip_grad_norm)):

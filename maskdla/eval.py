@@ -31,6 +31,7 @@ from maskdla.cli import non_negative_int, positive_int, run_main
 from maskdla.data.coco import folder_to_coco
 from maskdla.data.dataset import Dataset
 from maskdla.data.layout import collect_layout_files, read_layout
+from maskdla.data.reading import UnknownClasses
 from maskdla.data.sources import run_dataset
 from maskdla.errors import InputError
 from maskdla.evaluation import evaluate, predict_coco_results
@@ -75,14 +76,23 @@ def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
     """The data to evaluate on: the flags' or, without them, the run's test data."""
     config = checkpoint["config"]
     classes = list(checkpoint["classes"])
-    if not (args.ann or args.data):
-        return run_dataset(config, args.split, classes=classes)
     min_size, max_size = test_size(config)
     options = {"classes": classes, "class_map": config.class_map,
                "fold_subtypes": config.fold_subtypes, "min_size": min_size, "max_size": max_size}
-    if args.ann:
-        return Dataset.from_coco(args.ann, args.images, **options)
-    return Dataset.from_folder(args.data, split=args.split, **options)
+    try:
+        if not (args.ann or args.data):
+            return run_dataset(config, args.split, classes=classes)
+        if args.ann:
+            return Dataset.from_coco(args.ann, args.images, **options)
+        return Dataset.from_folder(args.data, split=args.split, **options)
+    except UnknownClasses as error:  # its advice names training's flags, which eval lacks
+        source = args.ann or (Path(args.data) / args.split if args.data else None)
+        where = "" if args.ann else f" (split {args.split})" if args.data else \
+            f" (the run's data, split {args.split})"
+        raise InputError(f"the ground truth{where} has classes the model was not trained on: "
+                         f"{', '.join(error.missing)}; the checkpoint {args.checkpoint} knows "
+                         f"{', '.join(classes)} (after its run's class map, if any); evaluate "
+                         "on data of those classes", source) from None
 
 
 def _fraction(text: str) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
@@ -12,6 +14,36 @@ from typing import Any, BinaryIO, Callable, Union
 from maskdla.errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+#: the names of write_atomic's temporary files (and check_output_folder's probes):
+#: ``.NAME.<32 hex digits>.tmp``
+TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+#: a temporary file younger than this may be another process's write in progress (they
+#: last milliseconds); an older one was left by a killed run
+STALE_AFTER_S = 60.0
+
+
+def temporary_path(path: Path) -> Path:
+    """Where :func:`write_atomic` writes ``path`` first (the same folder, a hidden name)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def remove_stale_temporaries(folder: PathLike, min_age_s: float = STALE_AFTER_S) -> int:
+    """Remove the temporary files of maskdla's naming (:data:`TEMPORARY_NAME`) that a
+    killed run left anywhere below ``folder``, only those older than ``min_age_s`` (a
+    younger one may be another run's write in progress). Returns how many went."""
+    now, removed = time.time(), 0
+    for candidate in Path(folder).rglob(".*.tmp"):
+        try:
+            if (TEMPORARY_NAME.match(candidate.name) and candidate.is_file()
+                    and not candidate.is_symlink()
+                    and now - candidate.stat().st_mtime >= min_age_s):
+                candidate.unlink()
+                removed += 1
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            continue
+    return removed
 
 
 def write_atomic(path: PathLike, write: Callable[[BinaryIO], Any], *, durable: bool = False) -> None:
@@ -24,9 +56,16 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], Any], *, durable: b
     InputError naming the path.
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a folder should be, a read-only disk...
+        in_the_way = next((folder for folder in (path.parent, *path.parent.parents)
+                           if folder.exists() and not folder.is_dir()), None)
+        why = (f"{in_the_way} is a file, not a folder" if in_the_way is not None
+               else error.strerror or str(error))
+        raise InputError(f"cannot create its folder: {why}", path) from None
+    try:
         with open(temporary, "xb") as file:
             write(file)
             if durable:
@@ -34,11 +73,45 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], Any], *, durable: b
                 os.fsync(file.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        _remove_quietly(temporary)
         raise InputError(f"cannot write: {error.strerror or error}", path) from None
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _remove_quietly(temporary)
         raise
+
+
+def _remove_quietly(temporary: Path) -> None:
+    """Remove a temporary file that may not exist; on a read-only disk unlink fails with
+    EROFS even then, and that must not hide the error being reported."""
+    try:
+        temporary.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def check_output_folder(path: PathLike, flag: str = "--out") -> None:
+    """InputError naming ``path`` and ``flag`` unless files can be written in the folder
+    ``path``, or it can be created: checked before work starts, so that a bad output
+    folder is one line, not a traceback minutes later. Creates nothing (a probe file in
+    an existing folder comes and goes)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag}: this is a file, not a folder", path)
+    if path.is_dir():
+        probe = path / f".maskdla-probe.{uuid.uuid4().hex}.tmp"
+        try:
+            probe.open("xb").close()
+            probe.unlink()
+        except OSError as error:
+            raise InputError(f"{flag}: cannot write in this folder "
+                             f"({error.strerror or error})", path) from None
+        return
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise InputError(f"{flag}: cannot create the folder: {existing} is a file", path)
+    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only disk
+        raise InputError(f"{flag}: cannot create the folder: {existing} is not writable",
+                         path)
 
 
 def write_bytes_atomic(path: PathLike, data: bytes, *, durable: bool = False) -> None:

@@ -25,6 +25,13 @@ def resolve_device(name: Optional[str]) -> torch.device:
     return device
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 convolutions and matrix products natively (oneDNN
+    with AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated and slower."""
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def test_size(config: TrainConfig) -> Tuple[int, int]:
     """(min_size, max_size) at test time: torchvision tests at the last training min_size."""
     return config.test_min_size, config.max_size

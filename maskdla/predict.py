@@ -29,12 +29,14 @@ from typing import List, Optional, Sequence, Union
 
 from maskdla.cli import non_negative_float, non_negative_int, positive_int, run_main
 from maskdla.errors import InputError
-from maskdla.files import read_json, write_bytes_atomic, write_json_atomic
+from maskdla.files import (check_output_folder, read_json, write_bytes_atomic,
+                           write_json_atomic)
 from maskdla.prediction import (IMAGE_SUFFIXES, Predictor, detections_to_page,
                                 page_to_coco_results)
 from maskdla.prediction.collection import (WRITERS, PageRecord, check_formats, find_images,
                                            predict_collection)
 from maskdla.prediction.engines import ENGINES
+from maskdla.zoo import is_shipped
 
 __all__ = ["Predictor", "detections_to_page", "page_to_coco_results", "find_images",
            "IMAGE_SUFFIXES", "main"]
@@ -61,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "all images done; 1: some pages failed (reported, listed in "
                     "DIR/failures.txt); 2: bad checkpoint, flag or input path.")
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="a maskdla checkpoint (.pth); with --engine onnxruntime a model "
-                             "exported by python -m maskdla.export (.onnx)")
+                        help="a maskdla checkpoint (.pth) or a shipped model's name "
+                             "(segmonto-base; python -m maskdla.models lists them); with "
+                             "--engine onnxruntime a model exported by python -m "
+                             "maskdla.export (.onnx)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help=f"image files or folders of images ({' '.join(IMAGE_SUFFIXES)})")
     parser.add_argument("--out", required=True, metavar="DIR",
@@ -123,11 +127,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     images = find_images(args.inputs, recursive=args.recursive, exclude=out)
     if args.coco and Path(args.coco).is_dir():
         raise InputError("--coco must name a file, not a folder", args.coco)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"--out: cannot create the output folder ({error.strerror})",
-                         out) from None
     if args.threads and args.engine == "torch":
         import torch
 
@@ -138,6 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           min_area=args.min_area, largest_only=args.largest_component_only,
                           mask_thresh=args.mask_thresh, max_detections=args.max_detections,
                           engine=args.engine, threads=args.threads)
+    # only now: a bad checkpoint leaves no empty output folder behind
+    prepare_output_folder(out)
     coco_results: Optional[List[dict]] = [] if args.coco else None
     start = time.perf_counter()
     records = predict_collection(predictor, images, out, formats=formats,
@@ -152,6 +153,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _write_manifest(out / MANIFEST, predictor, args, formats, records, seconds)
     print(summary_line(records, seconds, out), file=sys.stderr)
     return 1 if failed else 0
+
+
+def prepare_output_folder(out: Path) -> None:
+    """Create ``out`` once it is known to be writable: one line now for a file, a
+    read-only folder or disk, rather than every page failing on its own."""
+    check_output_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"--out: cannot create the output folder ({error.strerror or error})",
+                         out) from None
 
 
 def summary_line(records: Sequence[PageRecord], seconds: float, out: Path) -> str:
@@ -185,8 +197,11 @@ def _write_manifest(path: Path, predictor: Predictor, args: argparse.Namespace,
     earlier = {}
     if args.skip_existing and path.is_file():
         try:
+            # a page skipped then carries the figures of the run that predicted it, so a
+            # second resume keeps them too
             earlier = {page["file"]: page for page in read_json(path, "manifest")["pages"]
-                       if page.get("status") == "predicted"}
+                       if page.get("status") == "predicted"
+                       or (page.get("status") == "skipped" and page.get("regions") is not None)}
         except (InputError, KeyError, TypeError):
             earlier = {}  # an unreadable old manifest only costs the old figures
     pages = []
@@ -202,7 +217,8 @@ def _write_manifest(path: Path, predictor: Predictor, args: argparse.Namespace,
     settings = {key: value for key, value in vars(args).items()
                 if key not in ("checkpoint", "inputs")}
     write_json_atomic(path, {
-        "checkpoint": str(Path(args.checkpoint).resolve()), "engine": args.engine,
+        "checkpoint": (args.checkpoint if is_shipped(args.checkpoint)
+                       else str(Path(args.checkpoint).resolve())), "engine": args.engine,
         "classes": predictor.classes, "inputs": [str(Path(item).resolve()) for item in args.inputs],
         "formats": list(formats), "settings": settings, "seconds": round(seconds, 3),
         "pages": pages})

@@ -11,6 +11,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from maskdla.errors import InputError
+
 #: LR step presets as fractions of training: the study's default (2/3, 8/9),
 #: "modification 1" (early) and "modification 2" (late).
 LR_STEP_PRESETS: Dict[str, Tuple[float, ...]] = {
@@ -102,6 +104,19 @@ def plan(epochs: float, train_size: int, batch_size: int, world_size: int = 1,
         raise ValueError(f"epochs must be positive, got {epochs:g}")
     return SchedulePlan(epochs, train_size, batch_size, world_size,
                         tuple(parse_lr_steps(lr_steps, epochs)))
+
+
+def check_batch_fits(train_size: int, batch_size: int, world_size: int = 1) -> None:
+    """InputError when one iteration's batch (over all processes) is larger than the
+    training set: an epoch would be a fraction of an iteration, and the sampler would
+    repeat the pages to fill the batch (1,000,000 of them: 24 GB)."""
+    total = batch_size * world_size
+    if total > train_size:
+        over = f" x {world_size} processes = {total} pages an iteration" if world_size > 1 else ""
+        raise InputError(f"--batch-size {batch_size}{over} is larger than the training set "
+                         f"({train_size} page{'s' if train_size != 1 else ''}): give a batch "
+                         f"of at most {max(train_size // world_size, 1)} per process, or more "
+                         "training pages")
 
 
 #: warmup a short run keeps even when that is more than a tenth of it (at most half of it)

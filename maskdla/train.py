@@ -44,12 +44,12 @@ from maskdla.data.sources import RunData, run_data
 from maskdla.energy import EnergyMeter, add_energy, merge_node_summaries, should_measure
 from maskdla.errors import InputError
 from maskdla.evaluation import evaluate
-from maskdla.files import write_bytes_atomic, write_json_atomic
-from maskdla.inference import resolve_device
+from maskdla.files import check_output_folder, write_bytes_atomic, write_json_atomic
+from maskdla.inference import cpu_supports_bf16, resolve_device
 from maskdla.finetune import init_from_checkpoint
 from maskdla.model import build_model_from_config
 from maskdla.schedule import (LR_STEP_PRESETS, SHORT_RUN_WARMUP, SchedulePlan, build_scheduler,
-                              plan, warmup_iterations)
+                              check_batch_fits, plan, warmup_iterations)
 from maskdla.tables import ap_table, format_duration, summary_markdown
 
 __all__ = ["TrainConfig", "TrainHooks", "TrainingDiverged", "Run", "fit", "main"]
@@ -279,6 +279,7 @@ def _fit(config: TrainConfig, device: torch.device, context: distributed.Distrib
          hooks: TrainHooks) -> Dict[str, Any]:
     amp = resolve_amp(config.amp, device)
     seed_everything(config.seed + context.rank, config.deterministic)
+    check_output_folder(config.run_dir)  # a file or read-only --out: one line, before the data
     checkpoint = None
     resume_path = _resume_path(config, config.run_dir)
     if resume_path is not None:
@@ -318,6 +319,7 @@ def build_run(config: TrainConfig, device: torch.device, context: distributed.Di
               amp: str, data: RunData, checkpoint: Optional[Dict[str, Any]]) -> Run:
     """Model, optimizer, LR schedule and scaler of the run, restored from ``checkpoint``
     (a resumed run) or fresh; prints the schedule."""
+    check_batch_fits(len(data.train), config.batch_size, context.world_size)
     schedule = plan(config.epochs, len(data.train), config.batch_size, context.world_size,
                     config.lr_steps)
     classes = data.train.classes
@@ -391,7 +393,8 @@ def _energy_meter(run: Run) -> Optional[EnergyMeter]:
     timeline += f"-from-iteration{run.iteration}.csv" if run.iteration else ".csv"
     return EnergyMeter(config.energy_interval, price_per_kwh=config.price_per_kwh,
                        currency=config.currency,
-                       csv_path=run.run_dir / timeline if run.run_dir.is_dir() else None)
+                       csv_path=run.run_dir / timeline if run.run_dir.is_dir() else None,
+                       cpu_watts_per_core=config.cpu_watts_per_core)
 
 
 # --------------------------------------------------------------------------------------------
@@ -749,11 +752,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def resolve_amp(amp: Optional[str], device: torch.device) -> str:
-    """Default: bf16 on CUDA cards that support it, else off. fp16/bf16 need CUDA."""
+    """Default: bf16 on CUDA cards that support it, else off. fp16 needs CUDA; bf16 runs
+    on CUDA and on CPUs with bfloat16 kernels (AVX-512 BF16, AMX)."""
     if amp is None:
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    if amp == "bf16" and device.type == "cpu":
+        if not cpu_supports_bf16():
+            raise InputError("--amp bf16: this CPU has no bfloat16 kernels (AVX-512 BF16 or "
+                             "AMX); use --amp off")
+        return amp
     if amp != "off" and device.type != "cuda":
-        raise InputError(f"--amp {amp} needs a CUDA device; on {device.type} use --amp off")
+        raise InputError(f"--amp {amp} needs a CUDA device; on {device.type} use --amp off "
+                         "(or bf16 on a CPU with AVX-512 BF16)")
     return amp
 
 
@@ -956,6 +966,9 @@ def _run_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
     add("--no-energy", dest="energy", action="store_false", help="do not run the energy meter")
     add("--energy-interval", type=float, default=defaults.energy_interval, help="seconds between energy samples")
     add("--price-per-kwh", type=non_negative_float, default=defaults.price_per_kwh, help="electricity price for the cost")
+    add("--cpu-watts-per-core", type=float, default=defaults.cpu_watts_per_core,
+        help="watts one busy core draws, for the CPU energy estimate where RAPL is unreadable "
+             "(an estimate, marked so; default: Green Algorithms' per-core TDP, docs/energy.md)")
     add("--currency", default=defaults.currency, help="currency of --price-per-kwh")
 
 

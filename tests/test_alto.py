@@ -485,3 +485,26 @@ def test_public_names():
 
     assert data.read_layout is read_layout and data.write_alto is write_alto
     assert data.read_alto is read_alto and data.RepairReport is RepairReport
+
+
+def test_an_image_name_climbing_out_of_the_data_folder_is_refused(tmp_path):
+    """``../../../../etc/passwd`` in fileName was looked up (and read) as written."""
+    outside = make_image(tmp_path / "elsewhere" / "secret.png", (120, 80))
+    data = tmp_path / "data" / "train"
+    climbing = "../" * (len(data.parts) + 2) + "etc/passwd"
+    for name in (climbing, f"../../../elsewhere/{outside.name}"):
+        xml = write(data / "alto", alto_xml(block(), width=None, height=None, image=name))
+        with pytest.raises(InputError, match=r"alto/page.xml: the image name .* points outside "
+                                             r"the data folder"):
+            read_alto(xml)
+        with pytest.raises(InputError, match="points outside the data folder"):
+            Dataset.from_folder(tmp_path / "data", "train", verbosity=0)
+    # within the data folder ../ is fine, and an absolute path (an export's) goes by its
+    # base name, looked up in the data folder only
+    make_image(data / "folio.png", (120, 80))
+    for name in ("../folio.png", str(outside.parent / "folio.png")):
+        xml = write(data / "alto", alto_xml(block(), width=None, height=None, image=name))
+        assert read_alto(xml).width == 120
+    xml = write(data / "alto", alto_xml(block(), width=None, height=None, image=str(outside)))
+    with pytest.raises(InputError, match="secret.png. was not found"):  # not read from elsewhere
+        read_alto(xml)

@@ -210,3 +210,39 @@ def test_cli_coco2page_bad_json_exits_2_without_output(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "broken.json" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_in_the_way_or_on_a_read_only_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    """A file where --out's folder goes, or a disk that refuses even to unlink a missing
+    temporary file (EROFS), used to end in a traceback from the cleanup."""
+    import errno
+
+    train = dataset_folder(tmp_path / "data")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("a file")
+    for argv, target in ((["to-page", str(train / "page"), "--out", str(taken)],
+                          taken / "page" / "vorau_0001.xml"),
+                         (["to-coco", str(train), "--out", str(taken / "train.json")],
+                          taken / "train.json")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(main, argv)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == (
+            f"maskdla: error: {target}: cannot create its folder: {taken} is a file, not a "
+            "folder")
+    assert taken.read_text() == "a file"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    import builtins
+
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, mode="r", *args, **kwargs: (
+        read_only() if "x" in mode else real_open(file, mode, *args, **kwargs)))
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, ["to-coco", str(train), "--out", str(tmp_path / "train.json")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdla: error: {tmp_path / 'train.json'}: cannot write: {os.strerror(errno.EROFS)}")

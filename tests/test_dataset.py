@@ -366,3 +366,43 @@ def test_rle_and_box_only_annotations(tmp_path):
         iou = (masks[0] & masks[other]).sum() / (masks[0] | masks[other]).sum()
         assert iou > 0.95
     assert torch.allclose(target["boxes"][0], target["boxes"][1], atol=0.6)
+
+
+def _grey_ramp(size=(300, 200)) -> np.ndarray:
+    """A 16-bit greyscale page: dark text band on the left, paper (~90 % white) elsewhere."""
+    samples = np.full((size[1], size[0]), 59000, np.uint16)
+    samples[:, : size[0] // 3] = 6000
+    return samples
+
+
+@pytest.mark.parametrize("name, mode", [("page.png", "I;16"), ("page.tif", "I;16"),
+                                        ("page.tif", "I;16B"), ("page.tif", "I")])
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path, name, mode):
+    """PIL's I;16 -> RGB conversion clips every sample above 255: a white page. The
+    Dataset (and prediction, the same decoder) scale 16 bits to 8."""
+    samples = _grey_ramp()
+    if mode == "I;16B":  # big-endian samples, as many scanners write TIFF
+        image = Image.frombytes(mode, (300, 200), samples.astype(">u2").tobytes())
+    else:
+        image = Image.fromarray(samples if mode == "I;16" else samples.astype(np.int32))
+    image.save(tmp_path / name)
+    with Image.open(tmp_path / name) as opened:
+        assert opened.mode == mode
+    coco = {"images": [{"id": 1, "file_name": name, "width": 300, "height": 200}],
+            "annotations": [], "categories": [{"id": 1, "name": "text"}]}
+    pixels, _ = Dataset(coco, tmp_path, min_size=100)[0]
+    assert pixels.shape == (3, 100, 150)
+    assert abs(pixels[:, :, 60:].mean().item() - 59000 / 65535) < 0.02  # paper, not white
+    assert abs(pixels[:, :, :40].mean().item() - 6000 / 65535) < 0.02  # text stays dark
+
+
+def test_multi_page_tiff_is_refused_not_read_as_its_first_page(tmp_path):
+    pages = [Image.new("L", (300, 200), shade) for shade in (40, 120, 200)]
+    pages[0].save(tmp_path / "book.tif", save_all=True, append_images=pages[1:])
+    coco = {"images": [{"id": 1, "file_name": "book.tif", "width": 300, "height": 200}],
+            "annotations": [], "categories": [{"id": 1, "name": "text"}]}
+    with pytest.raises(InputError, match=r"book.tif: a multi-page TIFF \(3 pages\).*split"):
+        Dataset(coco, tmp_path, min_size=100)[0]
+    pages[0].save(tmp_path / "one.tif")  # one page: read as always
+    coco["images"][0]["file_name"] = "one.tif"
+    assert Dataset(coco, tmp_path, min_size=100)[0][0].shape == (3, 100, 150)

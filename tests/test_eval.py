@@ -648,3 +648,39 @@ def test_cli_rejects_proposal_recall_without_a_model(ground_truth, tmp_path):
     ann.write_text(json.dumps(ground_truth))
     process = _cli("--predictions", results, "--ann", ann, "--proposal-recall")
     assert process.returncode == 2 and "--proposal-recall" in process.stderr
+
+
+def test_ground_truth_of_other_classes_names_the_checkpoint_and_split(corpus, tmp_path,
+                                                                      capsys):
+    """It pointed to --classes and --class-map, which eval does not have."""
+    from maskdla.cli import run_main
+    from maskdla.eval import main
+
+    known = [name for name in CLASSES if name != "lyrics"]
+    model = build_model("vovnet19slim", len(known) + 1, min_size=64, max_size=128)
+    path = tmp_path / "no_lyrics.pth"
+    config = {"backbone": "vovnet19slim", "norm": None, "min_size": [64], "max_size": 128}
+    save_checkpoint({"model": model.state_dict(), "config": config, "classes": known}, path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, [str(path), "--data", str(corpus), "--split", "test", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"maskdla: error: {corpus / 'test'}: the ground truth (split test) has "
+                     f"classes the model was not trained on: lyrics; the checkpoint {path} "
+                     f"knows {', '.join(known)} (after its run's class map, if any); evaluate "
+                     "on data of those classes")
+    assert "--class" not in error
+
+
+def test_evaluation_shows_a_progress_bar_on_stderr(corpus, tiny_model, capsys):
+    """Minutes without a sign of life on a large test set: a bar like predict's."""
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
+                                  max_size=128)
+    capsys.readouterr()
+    shown = predict_coco_results(tiny_model, dataset, batch_size=1)
+    captured = capsys.readouterr()
+    assert "evaluate" in captured.err and "2/2" in captured.err and not captured.out
+    quiet = predict_coco_results(tiny_model, dataset, batch_size=1, progress=False)
+    assert capsys.readouterr().err == "" and quiet == shown
+    evaluate(tiny_model, dataset, batch_size=1)
+    assert "evaluate" in capsys.readouterr().err

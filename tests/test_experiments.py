@@ -288,6 +288,27 @@ def test_htromance_file_forms():
             backbone, [800], 1333, 275, 0.02)
 
 
+def test_the_base_model_file_trains_the_benchmark_zones_on_the_base_corpus_only():
+    """experiments/base.toml: the HTRomance benchmark's five zones (so that fine-tuning on
+    HTRomance keeps every class row), sub-types folded, on the base corpus (HTRomance stays
+    out of it); its CPU form as docs/models.md states it."""
+    from maskdla.config import TrainConfig
+
+    experiments = {e.name: e for e in resolve_experiments(EXPERIMENTS / "base.toml")}
+    assert list(experiments) == ["cpu_vovnet19slim", "gpu_resnet50"]
+    benchmark = TrainConfig.from_dict(
+        resolve_experiments(EXPERIMENTS / "htromance.toml")[0].config)
+    for experiment in experiments.values():
+        config = TrainConfig.from_dict(experiment.config)
+        assert config.classes == benchmark.classes and config.class_map == benchmark.class_map
+        assert config.fold_subtypes and config.data.endswith("realdata/base")
+        assert "htromance" not in config.data
+    cpu = TrainConfig.from_dict(experiments["cpu_vovnet19slim"].config)
+    assert (cpu.device, cpu.backbone, cpu.epochs, cpu.lr, cpu.rois_per_image, cpu.amp) == (
+        "cpu", "vovnet19slim", 3.5, 0.02, 128, "bf16")
+    assert (cpu.min_size, cpu.max_size) == ([384, 448, 512, 576, 640], 960)
+
+
 # ------------------------------------------------------------------ SLURM through submitit
 
 TWO_NODES = """

@@ -304,3 +304,120 @@ def test_exif_rotated_scans_are_predicted_as_displayed(checkpoint_path, tmp_path
                  "--max-detections", "5"]) == 0
     page = read_page(out / "page" / "rotated.xml")
     assert (page.width, page.height) == (70, 120)
+
+
+@pytest.mark.parametrize("orientation", [7, 8])
+def test_overlay_is_drawn_on_the_page_as_displayed(checkpoint_path, tmp_path, orientation):
+    """The PAGE file says 70 x 120 (the page as displayed): so must the overlay. (7 and 8
+    turn the dark quarter to the bottom, clear of the legend.)"""
+    path = tmp_path / "rotated.jpg"
+    _rotated_jpeg(path, orientation)
+    out = tmp_path / "out"
+    assert main([str(checkpoint_path), str(path), "--out", str(out), "--workers", "0",
+                 "--max-detections", "5", "--overlay"]) == 0
+    with Image.open(out / "overlay" / "rotated.jpg") as overlay, Image.open(path) as scan:
+        shown = np.array(ImageOps.exif_transpose(scan)).astype(float)
+        assert overlay.size == (70, 120)
+        # the dark quarter where the displayed page has it (under translucent regions)
+        drawn = np.array(overlay.convert("RGB")).astype(float)
+        dark = shown.mean(axis=2) < 100
+        assert drawn[dark].mean() < drawn[~dark].mean() - 60
+
+
+def test_16_bit_greyscale_scans_are_predicted_and_drawn_as_grey(checkpoint_path, tmp_path):
+    """PIL's I;16 -> RGB conversion clips: every 16-bit scan would be a white page."""
+    samples = np.full((120, 90), 50000, np.uint16)
+    samples[:, :30] = 5000
+    path = tmp_path / "grey16.png"
+    Image.fromarray(samples).save(path)
+    predictor = Predictor(checkpoint_path, device="cpu", max_detections=5)
+    for loaded in (predictor.load(path)[0], predictor.load(Image.open(path))[0]):
+        assert abs(loaded[:, :, -20:].mean().item() - 50000 / 65535) < 0.02
+        assert loaded[:, :, :10].mean().item() < 0.1
+    from maskdla.data.page import Page
+    from maskdla.prediction.overlay import save_overlay
+
+    save_overlay(path, Page("grey16.png", 90, 120), [], tmp_path / "overlay.png")
+    with Image.open(tmp_path / "overlay.png") as overlay:
+        drawn = np.array(overlay.convert("L")).astype(float)
+    assert drawn[:, :10].mean() < 40 and abs(drawn[:, -20:].mean() - 50000 / 257) < 3
+
+
+# ---------------------------------------------------------------- bad checkpoints
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_and_leaves_no_output(
+        checkpoint_path, images, tmp_path, capsys):
+    """A diverged model predicts 0 regions on every page, exit 0: refuse it at load."""
+    from maskdla.cli import run_main
+
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    names = [key for key, value in checkpoint["model"].items() if value.is_floating_point()]
+    checkpoint["model"][names[0]][0] = float("nan")
+    checkpoint["model"][names[-1]][...] = float("inf")
+    diverged = tmp_path / "diverged.pth"
+    torch.save(checkpoint, diverged)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, [str(diverged), str(images / "p1.png"), "--out", str(out)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"maskdla: error: {diverged}: 2 of the model's {len(checkpoint['model'])} "
+                     f"tensors hold NaN or infinite values (e.g. {names[0]}): the run that "
+                     "saved it diverged; use an earlier checkpoint")
+    assert not out.exists()  # no empty output folder for a run that never started
+
+
+def _read_only_folder(path: Path, monkeypatch) -> Path:
+    """A folder files cannot be created in: chmod 0o500 where that binds (not as root),
+    else creating a file in it raises EROFS, as on a read-only disk."""
+    import errno
+
+    path.mkdir()
+    path.chmod(0o500)
+    if os.access(path, os.W_OK):  # root writes anyway: simulate the read-only disk
+        import builtins
+        import io
+
+        real_open = builtins.open
+
+        def refusing_open(file, mode="r", *args, **kwargs):
+            if set(mode) & set("wxa+") and Path(os.fspath(file)).parent == path:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+        monkeypatch.setattr(io, "open", refusing_open)  # pathlib's
+    return path
+
+
+def test_predict_into_a_read_only_folder_is_one_line(checkpoint_path, images, tmp_path,
+                                                      monkeypatch, capsys):
+    from maskdla.cli import run_main
+
+    out = _read_only_folder(tmp_path / "readonly", monkeypatch)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(main, [str(checkpoint_path), str(images / "p1.png"), "--out", str(out),
+                            "--workers", "0"])
+    finally:
+        out.chmod(0o700)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"maskdla: error: {out}: --out: cannot write in this folder")
+    assert "\n" not in error and not list(out.iterdir())
+
+
+def test_a_one_pixel_image_is_a_page_without_regions(checkpoint_path, tmp_path, capsys):
+    """A page one pixel high or wide has no room for a polygon: clipping to it raised
+    shapely's GEOSException ("Clipping rectangle must be non-empty")."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name, size in (("dot.png", (1, 1)), ("line.png", (40, 1)), ("column.png", (1, 40))):
+        Image.new("RGB", size, (200, 190, 170)).save(scans / name)
+    out = tmp_path / "out"
+    assert main([str(checkpoint_path), str(scans), "--out", str(out), "--workers", "0",
+                 "--score-thresh", "0", "--max-detections", "10"]) == 0
+    assert "GEOS" not in capsys.readouterr().err
+    page = read_page(out / "page" / "line.xml")
+    assert (page.width, page.height, page.regions) == (40, 1, [])

@@ -155,3 +155,38 @@ def test_alto_output_beside_page_and_resuming_from_alto_alone(checkpoint_path, t
     before, after = json.loads(first.read_text()), json.loads(second.read_text())
     assert len(after) == len(before) > 0
     assert [r["category_id"] for r in after] == [r["category_id"] for r in before]
+
+
+def test_a_second_resume_keeps_the_figures_and_stale_temporaries_go(checkpoint_path, tree,
+                                                                    tmp_path, capsys):
+    """The manifest of a second --skip-existing run kept null regions and seconds for the
+    pages skipped twice; a kill -9 mid-write left .NAME.<hex>.tmp files no run removed."""
+    import os
+    import time
+
+    out = tmp_path / "out"
+    arguments = [str(checkpoint_path), str(tree / "a.png"), str(tree / "box1"), "--out",
+                 str(out), "--score-thresh", "0", "--max-detections", "5", "--workers", "0"]
+    assert main(arguments) == 0
+    first = {page["file"]: page for page in json.loads((out / "manifest.json").read_text())["pages"]}
+    for _ in range(2):
+        assert main(arguments + ["--skip-existing"]) == 0
+        pages = json.loads((out / "manifest.json").read_text())["pages"]
+        assert {page["status"] for page in pages} == {"skipped"}
+        for page in pages:
+            assert page["regions"] == first[page["file"]]["regions"] is not None
+            assert page["seconds"] == first[page["file"]]["seconds"] is not None
+
+    stale = out / "page" / f".a.xml.{'0123456789abcdef' * 2}.tmp"
+    fresh = out / "page" / f".b.xml.{'fedcba9876543210' * 2}.tmp"  # another run's, writing
+    mine = out / "page" / ".notes.tmp"  # not maskdla's naming: never touched
+    for path in (stale, fresh, mine):
+        path.write_text("<?xml half a page")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    os.utime(mine, (an_hour_ago, an_hour_ago))
+    capsys.readouterr()
+    assert main(arguments + ["--skip-existing"]) == 0
+    assert not stale.exists() and fresh.exists() and mine.exists()
+    assert f"maskdla: {out}: removed 1 temporary file an interrupted run left" in \
+        capsys.readouterr().err

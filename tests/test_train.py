@@ -2,6 +2,7 @@
 checkpoint loading, DDP through torchrun, bad flags."""
 import dataclasses
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -14,6 +15,7 @@ from maskdla.checkpoint import load_checkpoint
 from maskdla.cli import run_main
 from maskdla.data.synthetic import generate_corpus
 from maskdla.errors import InputError
+from maskdla.inference import cpu_supports_bf16
 from maskdla.schedule import (epochs_to_iterations, iterations_per_epoch, lr_lambda,
                               parse_lr_steps, plan)
 from maskdla.train import TrainConfig, TrainingDiverged, fit as train, main
@@ -245,6 +247,16 @@ def test_a_malicious_checkpoint_is_refused_and_runs_no_code(tmp_path, capsys):
     (["--mask-resolution", "32"], "invalid choice: 32"),
     (["--clip-grad-norm", "-1"], "expected a finite number >= 0"),
     (["--val-fraction", "1"], "expected a number in [0, 1)"),
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--lr", "-0.02"], "--lr must be a finite number > 0, got -0.02"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1), got 1.5"),
+    (["--momentum", "nan"], "--momentum must be in [0, 1), got nan"),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0, got inf"),
+    (["--weight-decay=-1e-4"], "--weight-decay must be a finite number >= 0"),
+    (["--gamma", "0"], "--gamma (the LR factor at each step) must be in (0, 1], got 0.0"),
+    (["--gamma", "nan"], "--gamma (the LR factor at each step) must be in (0, 1]"),
+    (["--min-size", "1000", "--max-size", "10"], "--max-size 10 is below --min-size 1000"),
 ])
 def test_bad_flags_give_one_clear_message_and_exit_2(argv, message, tmp_path, capsys):
     if not torch.cuda.is_available() or "cuda" not in " ".join(argv):
@@ -623,3 +635,174 @@ def test_init_from_with_resume_auto_starts_from_the_model_then_continues_its_own
     out = capsys.readouterr().out
     assert "resumed from" in out and "at iteration 2" in out and "init from" not in out
     assert summary["iterations"] == 4
+
+
+# ------------------------------------------------------------------ bad input at the edge
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_the_run_starts(
+        corpus, tmp_path, capsys):
+    """It used to plan 1e-06 iterations per epoch and grow to 24 GB filling the batch."""
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, ["--data", str(corpus), "--batch-size", "1000000", "--out", str(run),
+                        "--no-energy", "--device", "cpu", "--workers", "0"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error == ("maskdla: error: --batch-size 1000000 is larger than the training set "
+                     "(8 pages): give a batch of at most 8 per process, or more training pages")
+    assert not run.exists()
+    from maskdla.schedule import check_batch_fits
+
+    check_batch_fits(8, 8)  # the whole set in one batch is fine
+    with pytest.raises(InputError, match=r"--batch-size 3 x 3 processes = 9 pages an "
+                                         r"iteration is larger than the training set \(8 pages\)"):
+        check_batch_fits(8, 3, world_size=3)
+
+
+def test_a_class_map_that_drops_every_class_is_one_clear_line(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, ["--data", str(corpus), "--class-map", "*=", "--out", str(run),
+                        "--no-energy", "--device", "cpu", "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdla: error: {corpus / 'train'}: no class is left to train: --class-map drops "
+        "every class of the data; a model needs at least one class besides the background")
+    assert not run.exists()
+
+
+def test_an_out_that_is_a_file_or_read_only_is_one_line(corpus, tmp_path, monkeypatch, capsys):
+    """FileExistsError and EROFS/EACCES tracebacks used to come after loading the data."""
+    import errno
+
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    flags = ["--data", str(corpus), "--no-energy", "--device", "cpu", "--workers", "0"]
+    for out, expected in ((taken, f"{taken}: --out: this is a file, not a folder"),
+                          (taken / "run", f"{taken / 'run'}: --out: cannot create the folder: "
+                                          f"{taken} is a file")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(main, flags + ["--out", str(out)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == f"maskdla: error: {expected}"
+    # a read-only disk: root writes through chmod, so the disk refuses as EROFS would
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: not (mode & os.W_OK))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, flags + ["--out", str(readonly / "run")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdla: error: {readonly / 'run'}: --out: cannot create the folder: {readonly} "
+        "is not writable")
+    real_open = open
+
+    def read_only_disk(file, mode="r", *args, **kwargs):
+        if "x" in mode and str(file).startswith(str(readonly)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    import io
+    monkeypatch.setattr(io, "open", read_only_disk)  # pathlib's open
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, flags + ["--out", str(readonly)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdla: error: {readonly}: --out: cannot write in this folder "
+        f"({os.strerror(errno.EROFS)})")
+    assert not list(readonly.iterdir())
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_leaves_no_file(tmp_path,
+                                                                            monkeypatch):
+    from maskdla.checkpoint import save_checkpoint
+
+    def full_disk(obj, file):
+        file.write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter "
+                           "failed writing file data/12: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    path = tmp_path / "run" / "checkpoint_last.pth"
+    with pytest.raises(InputError) as error:
+        save_checkpoint({"model": {}}, path)
+    assert str(error.value) == (f"{path}: cannot write the checkpoint, is the disk full? "
+                                "(RuntimeError: [enforce fail at inline_container.cc:778] "
+                                "PytorchStreamWriter failed writing file data/12: file write "
+                                "failed)")
+    assert not list(path.parent.iterdir())  # neither the file nor its temporary
+    monkeypatch.setattr(torch, "save", lambda obj, file: 1 / 0)  # a bug stays a bug
+    with pytest.raises(ZeroDivisionError):
+        save_checkpoint({"model": {}}, path)
+
+
+def test_a_file_that_is_no_checkpoint_is_called_so(tmp_path):
+    """Random bytes used to be "Python objects other than tensors"; torch's page of
+    weights_only advice (with terminal escape codes) is cut to its one meaningful line."""
+    from maskdla.backbones import build_backbone
+
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(InputError) as error:
+        load_checkpoint(noise)
+    message = str(error.value)
+    assert message.startswith(f"{noise}: cannot load checkpoint: not a PyTorch file, or a "
+                              "corrupted or truncated one (")
+    assert "Python objects" not in message
+    evil = tmp_path / "evil.pth"
+    torch.save({"weight": torch.zeros(1), "hook": print}, evil)
+    for load in (load_checkpoint, lambda path: build_backbone("resnet50", pretrained=str(path))):
+        with pytest.raises(InputError) as error:
+            load(evil)
+        message = str(error.value)
+        assert "holds Python objects other than tensors" in message
+        assert "Unsupported global" in message
+        assert "\x1b" not in message and "\n" not in message and len(message) < 400
+
+
+def test_bf16_on_the_cpu_is_taken_where_the_cpu_has_bf16_kernels_and_refused_elsewhere(monkeypatch):
+    from maskdla import train as training
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: True)
+    assert training.resolve_amp("bf16", cpu) == "bf16"
+    assert training.resolve_amp(None, cpu) == "off"  # the default waits for its accuracy figure
+    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(InputError, match="--amp bf16: this CPU has no bfloat16 kernels"):
+        training.resolve_amp("bf16", cpu)
+    with pytest.raises(InputError, match="--amp fp16 needs a CUDA device"):
+        training.resolve_amp("fp16", cpu)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_supports_bf16(),
+                    reason="this CPU has no bfloat16 kernels")
+def test_a_bf16_run_on_the_cpu_trains_finite_losses_and_saves_float32_weights(corpus, tmp_path):
+    summary = train(tiny_config(corpus, tmp_path / "bf16", amp="bf16", epochs=1))
+    assert summary["iterations"] == 4 and summary["skipped_steps"] == 0
+    lines = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(line["loss"]) for line in lines)
+    weights = torch.load(tmp_path / "bf16" / "checkpoint_final.pth", weights_only=True)["model"]
+    assert {value.dtype for value in weights.values() if value.is_floating_point()} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_a_run_folders_config_json_replays_the_run_with_the_same_metrics(corpus, tmp_path):
+    from maskdla.train import config_from_argv
+
+    first = train(tiny_config(corpus, tmp_path / "first", epochs=1))
+    saved = json.loads((tmp_path / "first" / "config.json").read_text())
+    assert saved["train_size"] == 8 and saved["world_size"] == 1  # the run's facts are kept
+    replay_config = config_from_argv(["--config", str(tmp_path / "first" / "config.json"),
+                                      "--out", str(tmp_path / "replay")])
+    # the settings as the run resolved them: its norm, its classes in its label order
+    assert replay_config == tiny_config(corpus, tmp_path / "replay", epochs=1, norm="gn",
+                                        classes=first_classes(tmp_path / "first"))
+    replay = train(replay_config)
+    assert replay["metrics"] == first["metrics"]
+    assert replay["parameter_checksums"] == first["parameter_checksums"]
+
+
+def first_classes(run):
+    return json.loads((run / "config.json").read_text())["classes"]

@@ -23,7 +23,7 @@ from maskdla.backbones.body import StagedBody
 from maskdla.backbones.norm import NORMS, NormFactory, default_norm, freeze_batchnorm, norm_factory
 from maskdla.backbones.resnet import RESNET_CONFIGS, ResNetConfig, build_resnet_body
 from maskdla.backbones.vovnet import V1_ROWS, VOVNET_CONFIGS, VoVNetConfig, build_vovnet_body
-from maskdla.errors import InputError
+from maskdla.errors import InputError, error_line, torch_load_problem
 
 __all__ = ["BACKBONES", "ALIASES", "NORMS", "V1_ROWS", "BackboneSpec", "build_backbone",
            "build_body", "identify_backbone", "load_pretrained", "read_weights", "resolve_name"]
@@ -178,8 +178,8 @@ def read_weights(path: str) -> Dict[str, torch.Tensor]:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # truncated file, pickle with code, not a torch file...
-            raise InputError(f"cannot read pretrained weights ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else ''})", path) from None
+            raise InputError(f"cannot read pretrained weights: {torch_load_problem(error)}",
+                             path) from None
     if isinstance(state_dict, dict) and all(key in state_dict for key in _CHECKPOINT_KEYS):
         raise InputError("this is a maskdla checkpoint (a trained model), not backbone weights "
                          "for --pretrained: fine-tune it with --init-from, or continue its run "
@@ -208,8 +208,7 @@ def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
     try:
         return load_file(path, device="cpu")
     except Exception as error:  # header too large, truncated, not safetensors...
-        raise InputError(f"cannot read pretrained weights ({type(error).__name__}: {error})",
-                         path) from None
+        raise InputError(f"cannot read pretrained weights ({error_line(error)})", path) from None
 
 
 #: norm buffers: a GroupNorm body has none, so they do not tell two backbones apart

@@ -15,7 +15,7 @@ from shapely.geometry import Polygon
 
 from maskdla.data.layout import LAYOUT_FOLDERS, collect_layout_files, read_layout
 from maskdla.data.page import Page, Point, Region
-from maskdla.data.reading import ClassMap, PathLike, RepairReport, find_image
+from maskdla.data.reading import ClassMap, PathLike, RepairReport, UnknownClasses, find_image
 from maskdla.errors import InputError
 from maskdla.files import read_json
 
@@ -45,8 +45,9 @@ def pages_to_coco(entries: Iterable[Tuple[Page, str]],
         raise InputError(f"--classes lists a class twice: {' '.join(classes)}")
     missing = [label for label in found if label not in classes]
     if missing:
-        raise InputError(f"classes {', '.join(missing)} found in the pages but not in --classes; "
-                         "add them or map them with --class-map NAME=OTHER (NAME= drops)")
+        raise UnknownClasses(missing, f"classes {', '.join(missing)} found in the pages but "
+                             "not in --classes; add them or map them with --class-map "
+                             "NAME=OTHER (NAME= drops)")
     category_id = {name: i for i, name in enumerate(classes, start=1)}
     images: List[Dict[str, Any]] = []
     annotations: List[Dict[str, Any]] = []

@@ -31,9 +31,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Sampler
 
-from maskdla.data.image import SWAPS_SIDES, orientation_transpose
+from maskdla.data.image import SWAPS_SIDES, check_one_page, orientation_transpose, to_rgb
 from maskdla.data.coco import folder_to_coco, load_coco
-from maskdla.data.reading import RepairReport, map_label
+from maskdla.data.reading import RepairReport, UnknownClasses, map_label
 from maskdla.data.resize import training_size
 from maskdla.errors import InputError
 
@@ -86,8 +86,9 @@ def _resolve_classes(coco: Dict[str, Any], classes: Optional[Sequence[str]],
             raise InputError(f"classes list a class twice: {' '.join(classes)}")
         missing = sorted(used - set(classes))
         if missing:
-            raise InputError(f"classes {', '.join(missing)} found in {source} but not in the "
-                             "class list; add them or map them (NAME=OTHER, NAME= drops)")
+            raise UnknownClasses(missing, f"classes {', '.join(missing)} found in {source} but "
+                                 "not in the class list; add them or map them (NAME=OTHER, "
+                                 "NAME= drops)")
     label_of = {name: index for index, name in enumerate(classes, start=1)}
     return classes, {category_id: label_of.get(name, 0) for category_id, name in mapped.items()}
 
@@ -227,7 +228,7 @@ def _decode_with_pil(image: Image.Image, target: Tuple[int, int],
     """An opened image -> uint8 [3, h, w] of the displayed page, decoding JPEG at a reduced
     DCT scale (``draft``) and shrinking other formats by an integer factor."""
     image.draft("RGB", target)
-    image = image.convert("RGB") if image.mode != "RGB" else image  # decodes
+    image = to_rgb(image)  # decodes; 16-bit grey scaled, not clipped
     factor = min(image.width // target[0], image.height // target[1])
     if factor >= 2:  # box-filter by an integer factor: cheap, and leaves < 2x
         image = image.reduce(factor)
@@ -245,7 +246,8 @@ def decode_image(path: Path, width: int, height: int, original: Tuple[int, int],
     formats shrink by an integer factor with ``Image.reduce``; the rest is one antialiased
     bilinear resampling on uint8 (torch's fast kernel; about twice as fast as PIL's on 2
     cores). An EXIF orientation is applied, as the PAGE-XML reader does when it takes the
-    page size from the image. ``use_simplejpeg=False`` decodes JPEG through PIL, as where
+    page size from the image; 16-bit greyscale is scaled to 8 bits (:func:`to_rgb`); a
+    multi-page TIFF is refused (:func:`check_one_page`). ``use_simplejpeg=False`` decodes JPEG through PIL, as where
     simplejpeg is not installed.
 
     Raises:
@@ -254,6 +256,7 @@ def decode_image(path: Path, width: int, height: int, original: Tuple[int, int],
     """
     try:
         with Image.open(path) as image:  # reads the header only
+            check_one_page(image, path)
             transpose = orientation_transpose(image)
             swapped = transpose in SWAPS_SIDES
             shown = image.size[::-1] if swapped else image.size
@@ -268,6 +271,8 @@ def decode_image(path: Path, width: int, height: int, original: Tuple[int, int],
                 pixels = _decode_jpeg_direct(path, image.size, stored_target)
             if pixels is None:
                 pixels = _decode_with_pil(image, stored_target, transpose)
+    except InputError:  # already one line naming the file (a ValueError too)
+        raise
     except FileNotFoundError:
         raise InputError("image file not found", path) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

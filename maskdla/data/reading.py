@@ -41,6 +41,15 @@ MAX_NOTES_SHOWN = 20
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".jp2", ".webp")
 
 
+class UnknownClasses(InputError):
+    """Classes in the data that a given class list lacks (``missing``): a tool whose class
+    list comes from elsewhere (eval: a checkpoint's) catches it to say so in its terms."""
+
+    def __init__(self, missing: Sequence[str], message: str):
+        self.missing = list(missing)
+        super().__init__(message)
+
+
 @dataclass
 class RepairReport:
     """What the readers changed while reading; pass one to sum over many pages.
@@ -325,13 +334,34 @@ def admit_region(label: str, outline: Callable[[], List[Point]], region_id: str,
 def image_candidates(xml_path: PathLike, image_filename: str) -> List[Path]:
     """Where the image of a PAGE or ALTO file may be: next to the XML file, then in its
     parent folder (Transkribus puts the XML in ``page/``, maskdla ALTO in ``alto/``), as
-    written and by base name; without a name, the XML file's stem with an image suffix."""
+    written and by base name; without a name, the XML file's stem with an image suffix.
+
+    Only places inside the XML file's parent folder (the data folder) are candidates: an
+    absolute name elsewhere (some ALTO exports write the scanner's path) is looked up by
+    its base name only, and a name that climbs out with ``..`` is refused.
+
+    Raises:
+        InputError: naming the XML file, for a ``..`` name leading out of the data folder.
+    """
     folder = Path(xml_path).parent
-    names = [image_filename, Path(image_filename.replace("\\", "/")).name]
+    written = image_filename.replace("\\", "/")
+    names = [image_filename, Path(written).name]
     if not image_filename:
         names = [Path(xml_path).stem + suffix for suffix in IMAGE_SUFFIXES]
     candidates = [base / name for base in (folder, folder.parent) for name in names if name]
-    return list(dict.fromkeys(candidates))
+    inside = [candidate for candidate in candidates if _within(candidate, folder.parent)]
+    if ".." in Path(written).parts and not _within(folder / written, folder.parent):
+        raise InputError(f"the image name {image_filename!r} points outside the data folder "
+                         f"{folder.parent}; refusing to read it (give the image's name)",
+                         xml_path)
+    return list(dict.fromkeys(inside))
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies inside ``folder``, by their names (``..`` resolved, links not
+    followed: a data folder may be a link itself)."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
 
 
 def find_image(xml_path: PathLike, image_filename: str) -> Optional[Path]:

@@ -64,8 +64,15 @@ def _root(config: "TrainConfig") -> Path:
 
 
 def run_data(config: "TrainConfig") -> RunData:
-    """The run's splits; val and test use the train set's class order."""
+    """The run's splits; val and test use the train set's class order. InputError when
+    the training split has no class left to learn."""
     train_set = run_dataset(config, "train", train=True)
+    if not train_set.classes:
+        source = config.train_ann or _root(config) / "train"
+        why = ("--class-map drops every class of the data" if config.class_map else
+               "its pages have no regions")
+        raise InputError(f"no class is left to train: {why}; a model needs at least one "
+                         "class besides the background", source)
     test_set = run_dataset(config, "test", classes=train_set.classes)
     folder = _root(config) / "val" if not (config.train_ann or config.test_ann) else None
     if folder is not None and folder.is_dir():

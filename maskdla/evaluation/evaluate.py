@@ -17,6 +17,7 @@ file, without a model.
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -24,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from maskdla.evaluation.coco import coco_metrics
 from maskdla.evaluation.layout_inputs import results_layout_metrics
@@ -94,7 +96,8 @@ def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: in
                          device: Optional[Union[str, torch.device]] = None,
                          amp: Optional[bool] = None, num_workers: int = 0,
                          classes: Optional[Sequence[str]] = None, mask_threshold: float = 0.5,
-                         timings: Optional[Dict[str, float]] = None) -> List[dict]:
+                         timings: Optional[Dict[str, float]] = None,
+                         progress: bool = True) -> List[dict]:
     """Run ``model`` over ``dataset`` and return COCO results in original image pixels.
 
     Args:
@@ -113,6 +116,8 @@ def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: in
         mask_threshold: mask probability above which a pixel belongs to the mask.
         timings: if given, seconds are added under ``data`` (waiting for images),
             ``inference`` and ``paste_rle``, and the image count under ``images``.
+        progress: a progress bar on stderr (pages; rank 0's only under DDP), as training
+            and prediction show: an evaluation of many pages takes minutes.
 
     Returns:
         COCO results ``{"image_id", "category_id", "score", "bbox": [x, y, w, h],
@@ -138,6 +143,8 @@ def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: in
                         pin_memory=device.type == "cuda")
     seconds = {"data": 0.0, "inference": 0.0, "paste_rle": 0.0}
     results: List[dict] = []
+    bar = tqdm(total=len(shard), unit="page", desc="evaluate", file=sys.stderr, leave=False,
+               disable=not progress or (_distributed() and dist.get_rank() != 0))
     was_training = model.training
     model.eval()
     try:
@@ -159,8 +166,10 @@ def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: in
                 seconds["data"] += loaded - fetch_start
                 seconds["inference"] += inferred - loaded
                 seconds["paste_rle"] += pasted - inferred
+                bar.update(len(batch))
                 fetch_start = time.perf_counter()
     finally:
+        bar.close()
         model.train(was_training)
     if _distributed():
         results = [result for part in all_gather_objects(results) for result in part]
@@ -177,7 +186,8 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
              num_workers: int = 0, classes: Optional[Sequence[str]] = None,
              mask_threshold: float = 0.5, verbose: bool = False,
              timings: Optional[Dict[str, float]] = None, layout: bool = False,
-             match_iou: float = 0.5, score_thresh: float = 0.5) -> Dict[str, dict]:
+             match_iou: float = 0.5, score_thresh: float = 0.5,
+             progress: bool = True) -> Dict[str, dict]:
     """COCO bbox and segm metrics of ``model`` on ``dataset``, as pycocotools computes them.
 
     Arguments as :func:`predict_coco_results`; ``verbose`` shows pycocotools' own output;
@@ -195,7 +205,8 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
     """
     results = predict_coco_results(model, dataset, batch_size=batch_size, device=device, amp=amp,
                                    num_workers=num_workers, classes=classes,
-                                   mask_threshold=mask_threshold, timings=timings)
+                                   mask_threshold=mask_threshold, timings=timings,
+                                   progress=progress)
     metrics: Dict[str, dict] = {}
     if not _distributed() or dist.get_rank() == 0:
         start = time.perf_counter()

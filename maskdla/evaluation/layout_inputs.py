@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from maskdla.data.image import read_displayed_rgb
 from maskdla.data.page import Page, Region
 from maskdla.errors import InputError
 from maskdla.evaluation.layout import PageRegions, layout_metrics
@@ -188,11 +189,7 @@ def save_side_by_side(image_path: PathLike, truth: PageRegions, predicted: PageR
     half at most :data:`OVERLAY_SIDE` px, written atomically as JPEG or by suffix."""
     from maskdla.prediction.overlay import draw_overlay
 
-    try:
-        with Image.open(image_path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot read the image ({error})", image_path) from None
+    image = read_displayed_rgb(image_path)  # as displayed: the pages' polygons refer to it
     image.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
     left = draw_overlay(image, _as_page(truth), classes)
     right = draw_overlay(image, _as_page(predicted), classes)

@@ -27,6 +27,7 @@ from maskdla.data.layout import read_layout
 from maskdla.data.page import Page
 from maskdla.data.pagexml import write_page
 from maskdla.errors import InputError
+from maskdla.files import remove_stale_temporaries
 from maskdla.prediction.overlay import save_overlay
 from maskdla.prediction.predictor import (IMAGE_SUFFIXES, Predictor, load_image,
                                           page_to_coco_results)
@@ -222,8 +223,14 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
             the first of ``formats``).
 
     A page that fails (decoding, model, post-processing or writing) is recorded as failed
-    with its one-line error and reported on stderr; the others go on.
+    with its one-line error and reported on stderr; the others go on. Temporary files of
+    an earlier run killed mid-write are removed first
+    (:func:`maskdla.files.remove_stale_temporaries`).
     """
+    stale = remove_stale_temporaries(out)  # what a killed run (kill -9) left half-written
+    if stale:
+        print(f"maskdla: {out}: removed {stale} temporary file{'s' if stale > 1 else ''} an "
+              "interrupted run left", file=sys.stderr)
     records: List[Optional[PageRecord]] = [None] * len(images)
     todo = []
     for index, image in enumerate(images):

@@ -14,9 +14,9 @@ from typing import Dict, Sequence, Tuple, Union
 
 from PIL import Image, ImageDraw, ImageFont
 
+from maskdla.data.image import read_displayed_rgb, to_rgb
 from maskdla.data.page import Page
 from maskdla.files import write_bytes_atomic
-from maskdla.errors import InputError
 
 __all__ = ["STUDY_COLOURS", "PALETTE", "class_colours", "draw_overlay", "save_overlay"]
 
@@ -62,7 +62,7 @@ def draw_overlay(image: Image.Image, page: Page, classes: Sequence[str] = ()) ->
     them scaled. ``classes`` fixes the palette order (default: labels in order of
     appearance). Returns a new RGB image.
     """
-    base = image.convert("RGBA")
+    base = to_rgb(image).convert("RGBA")  # 16-bit grey scaled, not clipped to white
     scale_x = base.width / page.width if page.width else 1.0
     scale_y = base.height / page.height if page.height else 1.0
     labels = list(dict.fromkeys(list(classes) + [region.label for region in page.regions]))
@@ -116,18 +116,15 @@ def _draw_legend(draw: ImageDraw.ImageDraw, size: Tuple[int, int],
 
 def save_overlay(image_path: PathLike, page: Page, classes: Sequence[str],
                  out_path: PathLike, quality: int = 90) -> None:
-    """Draw the page over the image file ``image_path`` and write ``out_path`` atomically
-    (JPEG for .jpg/.jpeg, else by suffix, e.g. PNG).
+    """Draw the page over the image file ``image_path`` as displayed (EXIF orientation
+    applied) and write ``out_path`` atomically (JPEG for .jpg/.jpeg, else by suffix, e.g.
+    PNG).
 
     Raises:
         InputError: the image cannot be read.
     """
-    try:
-        with Image.open(image_path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot read the image ({error})", image_path) from None
-    overlay = draw_overlay(image, page, classes)
+    # the page as displayed: the PAGE file's size and polygons refer to it
+    overlay = draw_overlay(read_displayed_rgb(image_path), page, classes)
     suffix = Path(out_path).suffix.lower()
     buffer = io.BytesIO()
     if suffix in (".jpg", ".jpeg"):

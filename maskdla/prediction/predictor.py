@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from maskdla.evaluation.results import scale_boxes
 from maskdla.data.dataset import decode_image
-from maskdla.data.image import displayed_size
+from maskdla.data.image import displayed_size, to_rgb
 from maskdla.data.page import Page, Region
 from maskdla.data.resize import training_size
 from maskdla.errors import InputError
@@ -236,7 +236,7 @@ class Predictor:
         if isinstance(image, Image.Image):
             name = Path(getattr(image, "filename", "") or "").name
             shown = ImageOps.exif_transpose(image)  # the page as displayed
-            pixels = torch.from_numpy(np.array(shown.convert("RGB"))).permute(2, 0, 1)
+            pixels = torch.from_numpy(np.array(to_rgb(shown))).permute(2, 0, 1)
             return self._load_tensor(pixels), (shown.height, shown.width), name
         return load_image(image, self.min_size, self.max_size)
 

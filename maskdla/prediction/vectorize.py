@@ -543,7 +543,8 @@ def snap_to_pixels(polygons: Sequence[Polygon], image_size: Tuple[int, int]
     loses at most one pixel column or row) and snapped to the 1 px grid with GEOS's
     precision reduction, which keeps them valid (a plain rounding can make a thin
     polygon cross itself). Of what is left the largest part is kept, holes dropped.
-    ``None`` where a polygon collapses (e.g. thinner than a pixel).
+    ``None`` where a polygon collapses (e.g. thinner than a pixel; every one on a page
+    one pixel high or wide).
 
     Args:
         image_size: (height, width) of the page.
@@ -551,6 +552,8 @@ def snap_to_pixels(polygons: Sequence[Polygon], image_size: Tuple[int, int]
     if not polygons:
         return []
     height, width = image_size
+    if width < 2 or height < 2:  # a page of one pixel row or column: no polygon has area
+        return [None] * len(polygons)
     geometries = np.asarray(polygons, dtype=object)
     xmin, ymin, xmax, ymax = shapely.bounds(geometries).T
     outside = (xmin < 0) | (ymin < 0) | (xmax > width - 1) | (ymax > height - 1)
