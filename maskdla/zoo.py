@@ -47,7 +47,7 @@ class ShippedModel:
 SHIPPED: Dict[str, ShippedModel] = {
     "segmonto-base": ShippedModel(
         "segmonto-base.safetensors",
-        "0000000000000000000000000000000000000000000000000000000000000000",
+        "2c403f2f04076d275b20ad9f5f7da850e937138fd6c8c8ff8d392895812dcd45",
         "vovnet19slim, five SegmOnto zones (MainZone, DropCapitalZone, MarginTextZone, "
         "NumberingZone, RunningTitleZone), trained on 755 real pages of 13 public corpora"),
 }

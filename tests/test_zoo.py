@@ -103,4 +103,15 @@ def test_predict_takes_a_shipped_name_and_records_it_in_the_manifest(shipped_tin
                          "--device", "cpu", "--workers", "0"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["checkpoint"] == name
-    assert (tmp_path / "out" / "page.xml").is_file()
+    assert (tmp_path / "out" / "page" / "page.xml").is_file()
+
+
+def test_the_shipped_base_model_loads_with_its_recorded_checksum():
+    shipped = zoo.SHIPPED["segmonto-base"]
+    assert shipped.path.stat().st_size < 26e6  # the package's budget for it
+    assert zoo.file_sha256(shipped.path) == shipped.sha256
+    model, checkpoint = load_model("segmonto-base")
+    assert checkpoint["classes"] == ["MainZone", "DropCapitalZone", "MarginTextZone",
+                                     "NumberingZone", "RunningTitleZone"]
+    assert checkpoint["config"].backbone == "vovnet19slim"
+    assert checkpoint["config"].min_size[-1] == 640 and checkpoint["config"].fold_subtypes

@@ -144,7 +144,10 @@ def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: in
     seconds = {"data": 0.0, "inference": 0.0, "paste_rle": 0.0}
     results: List[dict] = []
     bar = tqdm(total=len(shard), unit="page", desc="evaluate", file=sys.stderr, leave=False,
-               disable=not progress or (_distributed() and dist.get_rank() != 0))
+               # None: tqdm's own rule, no bar where stderr is no terminal (a log file, a
+               # pipeline reading the one-line error of a bad page)
+               disable=True if not progress or (_distributed() and dist.get_rank() != 0)
+               else None)
     was_training = model.training
     model.eval()
     try:
