@@ -115,3 +115,16 @@ def test_the_shipped_base_model_loads_with_its_recorded_checksum():
                                      "NumberingZone", "RunningTitleZone"]
     assert checkpoint["config"].backbone == "vovnet19slim"
     assert checkpoint["config"].min_size[-1] == 640 and checkpoint["config"].fold_subtypes
+
+
+def test_init_from_a_shipped_name_carries_classes_over_by_name(shipped_tiny):
+    from maskdla.bench.predict import CLASSES
+    from maskdla.finetune import init_from_checkpoint
+    from maskdla.model import build_model
+
+    name, _ = shipped_tiny
+    kept_class = list(CLASSES)[0]
+    model = build_model("vovnet19slim", 3, min_size=64, max_size=96)
+    transfer = init_from_checkpoint(model, name, [kept_class, "a-new-zone"])
+    described = transfer.describe()
+    assert f"carried over by name: {kept_class}" in described and "new: a-new-zone" in described
