@@ -86,9 +86,12 @@ def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
             return Dataset.from_coco(args.ann, args.images, **options)
         return Dataset.from_folder(args.data, split=args.split, **options)
     except UnknownClasses as error:  # its advice names training's flags, which eval lacks
-        source = args.ann or (Path(args.data) / args.split if args.data else None)
-        where = "" if args.ann else f" (split {args.split})" if args.data else \
-            f" (the run's data, split {args.split})"
+        if args.ann:
+            source, where = args.ann, ""
+        elif args.data:
+            source, where = Path(args.data) / args.split, f" (split {args.split})"
+        else:
+            source, where = None, f" (the run's data, split {args.split})"
         raise InputError(f"the ground truth{where} has classes the model was not trained on: "
                          f"{', '.join(error.missing)}; the checkpoint {args.checkpoint} knows "
                          f"{', '.join(classes)} (after its run's class map, if any); evaluate "

@@ -338,16 +338,25 @@ def build_run(config: TrainConfig, device: torch.device, context: distributed.Di
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True)
-    lr = config.lr * (schedule.total_batch_size / LR_REFERENCE_BATCH if config.scale_lr else 1)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                momentum=config.momentum, weight_decay=config.weight_decay)
-    warmup = warmup_iterations(config.warmup_iters, schedule.total_iterations)
-    run = Run(config, device, context, amp, schedule, classes, model, optimizer,
-              build_scheduler(optimizer, schedule, config.gamma, warmup),
+    optimizer, scheduler = build_optimizer(model, config, schedule)
+    run = Run(config, device, context, amp, schedule, classes, model, optimizer, scheduler,
               torch.amp.GradScaler(device.type, enabled=amp == "fp16"), data.test, data.val)
     if checkpoint is not None:
         run.restore(checkpoint)
     return run
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, schedule: SchedulePlan,
+                    **sgd_options: Any
+                    ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD on the trainable parameters with the run's settings (``--scale-lr`` applied;
+    ``sgd_options`` on top) and its per-iteration LR schedule, warmup included."""
+    lr = config.lr * (schedule.total_batch_size / LR_REFERENCE_BATCH if config.scale_lr else 1)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                momentum=config.momentum, weight_decay=config.weight_decay,
+                                **sgd_options)
+    warmup = warmup_iterations(config.warmup_iters, schedule.total_iterations)
+    return optimizer, build_scheduler(optimizer, schedule, config.gamma, warmup)
 
 
 def _splits(data: RunData) -> str:

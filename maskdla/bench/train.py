@@ -58,7 +58,7 @@ from maskdla.data.sources import run_data
 from maskdla.data.synthetic import generate_corpus
 from maskdla.errors import InputError
 from maskdla.model import build_model_from_config
-from maskdla.schedule import build_scheduler, plan, warmup_iterations
+from maskdla.schedule import plan
 
 DESCRIPTION = ("images/s of maskdla's training loop against a bare torchvision Mask R-CNN step "
                "on the same model and batches: overhead, data wait, phases, peak memory")
@@ -261,15 +261,10 @@ def _to_device(images: List[torch.Tensor], targets: List[Dict[str, torch.Tensor]
 def reference_optimizer(model: torch.nn.Module, config: TrainConfig, train_size: int,
                         optimizer_options: Optional[Dict[str, Any]] = None
                         ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD on the trainable parameters with the run's settings (``optimizer_options`` on
-    top) and the run's per-iteration LR schedule, warmup included, as ``maskdla.train``
-    builds them for ``train_size`` pages on one process."""
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                momentum=config.momentum, weight_decay=config.weight_decay,
-                                **(optimizer_options or {}))
+    """The optimizer and LR schedule ``maskdla.train`` builds for ``train_size`` pages on
+    one process (``optimizer_options`` on top of the run's SGD settings)."""
     schedule = plan(config.epochs, train_size, config.batch_size, 1, config.lr_steps)
-    warmup = warmup_iterations(config.warmup_iters, schedule.total_iterations)
-    return optimizer, build_scheduler(optimizer, schedule, config.gamma, warmup)
+    return training.build_optimizer(model, config, schedule, **(optimizer_options or {}))
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
