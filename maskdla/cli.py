@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from typing import Callable, Optional, Sequence
 
 from maskdla.errors import InputError
@@ -19,10 +20,13 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]],
 
     :class:`InputError` becomes one line ``maskdla: error: ...`` on stderr and exit code 2,
     Ctrl-C exit code 130; neither prints a traceback. Anything else is a bug and keeps its
-    traceback.
+    traceback. The libraries' warnings about the input (:func:`quiet_library_warnings`)
+    are not shown: maskdla says what it did with such input in its own words.
     """
     try:
-        code = main(argv)
+        with warnings.catch_warnings():
+            quiet_library_warnings()
+            code = main(argv)
     except InputError as error:
         print(f"maskdla: error: {one_line(str(error))}", file=sys.stderr)
         code = EXIT_BAD_INPUT
@@ -30,6 +34,18 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]],
         print("maskdla: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     sys.exit(code or 0)
+
+
+def quiet_library_warnings() -> None:
+    """Ignore the warnings that libraries print beside maskdla's own lines on bad input:
+    shapely's RuntimeWarning on an outline it cannot compute with (overflowing coordinates;
+    the reader repairs or skips the region and notes it), and PIL's
+    DecompressionBombWarning on a page over its pixel limit (maskdla reads it; twice the
+    limit is an error, one line)."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"shapely(\.|$)")
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 def one_line(message: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from maskdla.backbones import NORMS, V1_ROWS, default_norm, resolve_name
+from maskdla.data.lines import INSTANCE_KINDS
 from maskdla.errors import InputError
 from maskdla.files import read_json, write_bytes_atomic
 from maskdla.schedule import plan
@@ -32,6 +33,9 @@ ANCHOR_SCALES = (1, 2, 3, 4)
 #: --resume value: continue the run folder's own checkpoint_last.pth when there is one
 RESUME_AUTO = "auto"
 AMP_MODES = ("off", "fp16", "bf16")
+#: what a model's instances are (--task): the layout regions, or the text lines of the
+#: PAGE/ALTO TextLine elements
+TASKS = INSTANCE_KINDS
 #: what a run folder's config.json records next to the settings: facts of that run (how
 #: many processes, how many training pages), read back by reports, never settings of a new run
 RUN_FACTS = ("world_size", "train_size")
@@ -47,6 +51,8 @@ class TrainConfig:
     """
 
     backbone: str = "resnet50"
+    #: "regions" (layout regions) or "lines" (text lines: the line model)
+    task: str = "regions"
     data: Optional[str] = None
     train_ann: Optional[str] = None
     train_images: Optional[str] = None
@@ -88,6 +94,9 @@ class TrainConfig:
     #: RoIs sampled per image for the box head's loss (torchvision/detectron2 default 512);
     #: fewer make a CPU step several times cheaper
     rois_per_image: int = 512
+    #: at most this many detections per image at test time (torchvision's 100; a line
+    #: model needs more: the base corpus has pages of 240 lines)
+    detections_per_image: int = 100
     #: side of the predicted instance masks: 28 (torchvision's) or 56 (finer masks for long,
     #: thin regions; RoIAlign of the mask head at 28 instead of 14)
     mask_resolution: int = 28
@@ -203,6 +212,10 @@ class TrainConfig:
         if self.init_from and self.resume not in (None, RESUME_AUTO):
             raise InputError("--init-from starts a new run and --resume PATH continues one: "
                              "give one (--resume auto continues a fine-tuning run)")
+        if self.task not in TASKS:
+            raise InputError(f"--task {self.task!r}: choose one of {', '.join(TASKS)}")
+        if self.detections_per_image < 1:
+            raise InputError(f"--detections-per-image must be >= 1, got {self.detections_per_image!r}")
         if self.amp is not None and self.amp not in AMP_MODES:
             raise InputError(f"--amp {self.amp!r}: choose off, fp16 or bf16")
         if not self.epochs > 0 or not math.isfinite(self.epochs):

@@ -29,7 +29,7 @@ from maskdla.data.coco import coco_to_pages, load_coco, pages_to_coco, read_page
 from maskdla.data.layout import collect_layout_files
 from maskdla.data.page import Page
 from maskdla.data.pagexml import page_to_xml
-from maskdla.data.reading import RepairReport, parse_class_map
+from maskdla.data.reading import RepairReport, parse_class_map, unused_class_options
 from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
 
@@ -83,12 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace, report: RepairReport) -> None:
-    """The region notes (capped unless --verbose) on stderr, the summary on stdout."""
+    """The region notes (capped unless --verbose) and a class option matching nothing on
+    stderr, the summary on stdout."""
     if args.verbosity <= 0:
         return
     *notes, summary = report.lines(args.verbosity)
     for note in notes:
         print(f"maskdla: {note}", file=sys.stderr)
+    unused = unused_class_options(report.found, report.classes, parse_class_map(args.class_map),
+                                  getattr(args, "classes", None))
+    if unused:
+        inputs = ", ".join(str(item) for item in args.inputs)
+        print(f"maskdla: warning: {inputs}: {unused}", file=sys.stderr)
     print(summary)
 
 

@@ -9,6 +9,8 @@ Command line::
     python -m maskdla.eval --predictions RESULTS.json|PAGE_DIR|FILE.xml
                            (--ann GT.json [--images DIR] | --data DIR [--split test])
                            [--out metrics.json]
+    python -m maskdla.eval --lines --predictions PRED_DIR --data DIR [--split test]
+                           [--out metrics.json] [--table pages.md|pages.csv] [--tolerance PX]
 
 The first form takes everything else (backbone, classes, image size, the test data when
 none is given) from the checkpoint's config; the second scores any system's COCO results
@@ -16,21 +18,24 @@ file or PAGE files, without a model. Both print the COCO table, then the layout 
 (:mod:`maskdla.evaluation.layout`; ``--no-layout`` skips them); ``--worst N`` draws the N
 pages of lowest region F1 beside their ground truth; ``--proposal-recall`` adds, for a
 checkpoint, the per-class recall of its RPN proposals (:mod:`maskdla.evaluation.proposals`:
-is a class that scores no AP proposed at all?). The library side is
-:mod:`maskdla.evaluation`.
+is a class that scores no AP proposed at all?). The third scores the text lines of PAGE
+or ALTO predictions (any tool's, paired with the ground truth by file stem): baseline
+P/R/F1 of the READ-BAD scheme and line-polygon IoU F1 (:mod:`maskdla.evaluation.lines`).
+The library side is :mod:`maskdla.evaluation`.
 """
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from maskdla.checkpoint import load_model
-from maskdla.cli import non_negative_int, positive_int, run_main
+from maskdla.cli import non_negative_int, positive_float, positive_int, run_main
 from maskdla.data.coco import folder_to_coco
 from maskdla.data.dataset import Dataset
 from maskdla.data.layout import collect_layout_files, read_layout
+from maskdla.data.page import Page
 from maskdla.data.reading import UnknownClasses
 from maskdla.data.sources import run_dataset
 from maskdla.errors import InputError
@@ -42,8 +47,9 @@ from maskdla.evaluation.layout_inputs import (predictions_from_pages, prediction
                                               results_from_predictions,
                                               results_layout_metrics, save_side_by_side,
                                               truth_from_coco)
+from maskdla.evaluation.lines import format_line_tables, line_metrics, page_table
 from maskdla.evaluation.proposals import format_recall_table, proposal_recall
-from maskdla.files import write_json_atomic
+from maskdla.files import write_bytes_atomic, write_json_atomic
 from maskdla.inference import resolve_device, test_size
 
 __all__ = ["evaluate", "predict_coco_results", "build_parser", "main"]
@@ -179,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("--worst-dir", metavar="DIR",
                         help="folder of the --worst overlays (default: worst/ next to --out, "
                              "else ./worst)")
+    lines = parser.add_argument_group("text-line metrics")
+    lines.add_argument("--lines", action="store_true",
+                       help="score the text lines of --predictions (PAGE or ALTO files, any "
+                            "tool's, paired with the --data ground truth by file stem): "
+                            "baseline P/R/F1 (READ-BAD / cBAD scheme) and line-polygon F1 "
+                            "(one-to-one at --match-iou)")
+    lines.add_argument("--tolerance", type=positive_float, metavar="PX",
+                       help="--lines: one baseline tolerance in px for every line (default: "
+                            "the scheme's, 0.25 x each ground-truth line's spacing)")
+    lines.add_argument("--table", metavar="FILE",
+                       help="--lines: write the per-page table here (.csv: CSV, else Markdown)")
     return parser
 
 
@@ -217,6 +234,65 @@ def _layout(ground_truth: dict, predicted: Dict[Any, Any], args: argparse.Namesp
                             match_iou=args.match_iou)
     layout["score_thresh"] = args.score_thresh
     return layout
+
+
+def _prediction_pages(files: Sequence[Path], truth_stems: Sequence[str]
+                      ) -> Tuple[Dict[str, Tuple[Page, Path]], List[str]]:
+    """--lines: the prediction files read and keyed by the ground-truth stem they belong
+    to (their own stem, else their image's), and the names of those that belong to none."""
+    wanted, paired, unpaired = set(truth_stems), {}, []
+    for file in files:
+        page = read_layout(file)
+        image_stem = Path(page.image_filename.replace("\\", "/")).stem
+        stem = file.stem if file.stem in wanted else image_stem if image_stem in wanted else None
+        if stem is None:
+            unpaired.append(file.name)
+        elif stem in paired:
+            raise InputError(f"two predictions of the ground-truth page {stem!r}: this file "
+                             f"and {paired[stem][1]}", file)
+        else:
+            paired[stem] = (page, file)
+    return paired, unpaired
+
+
+def _score_lines(args: argparse.Namespace) -> Tuple[dict, List[str]]:
+    """--lines mode: ({"lines": block}, names of the prediction files of no page)."""
+    folder = Path(args.data) / args.split
+    if not folder.is_dir():
+        raise InputError("no such dataset folder", folder)
+    truth_files = collect_layout_files([folder])
+    predictions, unpaired = _prediction_pages(collect_layout_files([Path(args.predictions)]),
+                                              [file.stem for file in truth_files])
+    pages = []
+    for file in truth_files:
+        truth = read_layout(file)
+        predicted, predicted_file = predictions.get(file.stem, (None, None))
+        if predicted is not None and (predicted.width, predicted.height) != (truth.width,
+                                                                            truth.height):
+            raise InputError(f"page size {predicted.width}x{predicted.height} differs from "
+                             f"the ground truth's {truth.width}x{truth.height} ({file}); "
+                             "predict on the ground truth's images", predicted_file)
+        pages.append((file.stem, truth, predicted))
+    block = line_metrics(pages, tolerance=args.tolerance, match_iou=args.match_iou)
+    return {"lines": block}, unpaired
+
+
+def _report_lines(metrics: dict, unpaired: Sequence[str], args: argparse.Namespace) -> None:
+    """Print the --lines figures and say which pages had no prediction and which
+    predictions no page."""
+    block = metrics["lines"]
+    print(format_line_tables(block))
+    missing = block["missing_predictions"]
+    if missing:
+        print(f"{len(missing)} of {block['page_count']} pages have no prediction (all their "
+              f"lines count as missed): {', '.join(missing)}")
+    if unpaired:
+        print(f"{len(unpaired)} prediction files pair with no ground-truth page (left out): "
+              f"{', '.join(unpaired)}")
+    if args.table:
+        form = "csv" if Path(args.table).suffix.lower() == ".csv" else "markdown"
+        write_bytes_atomic(args.table, page_table(block, form).encode("utf-8"))
+        print(f"wrote the per-page table to {args.table}")
 
 
 def _score_checkpoint(args: argparse.Namespace) -> Tuple[dict, dict, Dict[Any, Any], Path]:
@@ -270,7 +346,22 @@ def _write_worst(args: argparse.Namespace, metrics: dict, ground_truth: dict,
           f"to {folder}")
 
 
+def _check_line_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.lines:
+        if args.tolerance is not None or args.table:
+            parser.error("--tolerance and --table go with --lines")
+        return
+    if args.predictions is None or not args.data:
+        parser.error("--lines scores PAGE/ALTO predictions against PAGE/ALTO ground truth: "
+                     "give --predictions DIR and --data DIR")
+    if (args.checkpoint or args.ann or args.images or args.save_results or args.worst
+            or args.box_score_thresh is not None or args.proposal_recall or args.no_layout):
+        parser.error("--lines takes no CHECKPOINT, --ann, --images, --save-results, --worst, "
+                     "--box-score-thresh, --proposal-recall or --no-layout")
+
+
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    _check_line_arguments(parser, args)
     if args.predictions is not None:
         if (args.checkpoint or args.save_results or args.box_score_thresh is not None
                 or args.proposal_recall):
@@ -299,10 +390,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
-    for output in (args.out, args.save_results):
+    for output in (args.out, args.save_results, args.table):
         _check_writable(output)
     if args.worst:
         _check_folder_writable(_worst_dir(args))
+    if args.lines:
+        metrics, unpaired = _score_lines(args)
+        _report_lines(metrics, unpaired, args)
+        if args.out:
+            write_json_atomic(args.out, metrics)
+        return 0
     if args.predictions is not None:
         metrics, ground_truth, predicted, image_dir = _score_predictions(args)
     else:

@@ -138,7 +138,8 @@ def build_model_from_config(config: TrainConfig, num_classes: int, *,
                        fpn_channels=config.fpn_channels, anchor_ratios=config.anchor_ratios,
                        anchor_scales=config.anchor_scales,
                        mask_resolution=config.mask_resolution,
-                       box_batch_size_per_image=config.rois_per_image)
+                       box_batch_size_per_image=config.rois_per_image,
+                       box_detections_per_img=config.detections_per_image)
 
 
 __all__: List[str] = ["anchor_sizes", "build_model", "build_model_from_config", "PageTransform"]

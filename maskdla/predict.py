@@ -7,6 +7,8 @@ Command line::
         [--engine torch|onnxruntime] [--score-thresh 0.5] [--overlap-thresh 0.5]
         [--no-merge-classes CLASS ...] [--largest-component-only] [--simplify PX]
         [--min-area PX2] [--overlay] [--coco preds.json] [--batch-size N] [--device D]
+        [--lines LINE_CHECKPOINT] [--baseline-position F] [--line-score-thresh S]
+        [--line-max-detections N]
 
 INPUTS are image files or folders (their ``*.jpg *.jpeg *.png *.tif *.tiff``; with
 ``--recursive`` every subfolder too). The output tree mirrors the input tree: an image
@@ -15,7 +17,10 @@ with ``--overlay``). A page that fails is reported on one line, listed in
 ``DIR/failures.txt``, and the others go on; ``DIR/manifest.json`` lists every page. The
 exit code is 0 when every image went through, 1 when some failed, 2 for a bad
 checkpoint, flag or input path (nothing is predicted then). The pipeline per page is
-:class:`maskdla.prediction.Predictor`'s (docs/prediction.md).
+:class:`maskdla.prediction.Predictor`'s (docs/prediction.md); with ``--lines`` a line model
+(``--task lines``) adds the text lines, with their baselines, into the regions
+(:class:`maskdla.prediction.PagePipeline`); a line model given as CHECKPOINT writes pages
+whose lines each sit in a region made for them.
 """
 from __future__ import annotations
 
@@ -31,15 +36,17 @@ from maskdla.cli import non_negative_float, non_negative_int, positive_int, run_
 from maskdla.errors import InputError
 from maskdla.files import (check_output_folder, read_json, write_bytes_atomic,
                            write_json_atomic)
-from maskdla.prediction import (IMAGE_SUFFIXES, Predictor, detections_to_page,
+from maskdla.prediction import (IMAGE_SUFFIXES, PagePipeline, Predictor, detections_to_page,
                                 page_to_coco_results)
+from maskdla.prediction.baselines import BASELINE_POSITION
 from maskdla.prediction.collection import (WRITERS, PageRecord, check_formats, find_images,
                                            predict_collection)
+from maskdla.prediction.pipeline import model_task
 from maskdla.prediction.engines import ENGINES
 from maskdla.zoo import is_shipped
 
-__all__ = ["Predictor", "detections_to_page", "page_to_coco_results", "find_images",
-           "IMAGE_SUFFIXES", "main"]
+__all__ = ["Predictor", "PagePipeline", "detections_to_page", "page_to_coco_results",
+           "find_images", "IMAGE_SUFFIXES", "main"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -117,7 +124,42 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per model batch (default 2)")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    lines = parser.add_argument_group(
+        "text lines", "a line model (python -m maskdla.train --task lines) adds text lines "
+        "with baselines into the regions; a line model given as CHECKPOINT alone puts each "
+        "line into a region made for it (and takes --score-thresh, --max-detections)")
+    lines.add_argument("--lines", metavar="LINE_CHECKPOINT",
+                       help="the line model (a checkpoint, a shipped model's name, or with "
+                            "--engine onnxruntime an exported .onnx); it sees pages at its "
+                            "own size")
+    lines.add_argument("--baseline-position", type=_unit_float, default=BASELINE_POSITION,
+                       metavar="F",
+                       help="where the baseline lies in a line polygon, as the fraction of "
+                            f"its height above its lower edge (default {BASELINE_POSITION})")
+    lines.add_argument("--line-score-thresh", type=_unit_float, default=None, metavar="S",
+                       help="drop line detections scoring below S (default: --score-thresh)")
+    lines.add_argument("--line-max-detections", type=positive_int, default=None, metavar="N",
+                       help="at most N lines per image (default: the line model's)")
     return parser
+
+
+def build_pipeline(args: argparse.Namespace) -> PagePipeline:
+    """The models the flags name: CHECKPOINT (regions, or lines alone) and ``--lines``."""
+    first = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh,
+                      overlap_thresh=args.overlap_thresh,
+                      no_merge_classes=args.no_merge_classes, tolerance=args.simplify,
+                      min_area=args.min_area, largest_only=args.largest_component_only,
+                      mask_thresh=args.mask_thresh, max_detections=args.max_detections,
+                      engine=args.engine, threads=args.threads)
+    if args.lines is None:
+        regions, lines = (None, first) if model_task(first) == "lines" else (first, None)
+        return PagePipeline(regions, lines, baseline_position=args.baseline_position)
+    line_score = args.score_thresh if args.line_score_thresh is None else args.line_score_thresh
+    lines = Predictor(args.lines, device=args.device, score_thresh=line_score,
+                      tolerance=args.simplify, mask_thresh=args.mask_thresh,
+                      max_detections=args.line_max_detections, engine=args.engine,
+                      threads=args.threads)
+    return PagePipeline(first, lines, baseline_position=args.baseline_position)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -131,12 +173,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh,
-                          overlap_thresh=args.overlap_thresh,
-                          no_merge_classes=args.no_merge_classes, tolerance=args.simplify,
-                          min_area=args.min_area, largest_only=args.largest_component_only,
-                          mask_thresh=args.mask_thresh, max_detections=args.max_detections,
-                          engine=args.engine, threads=args.threads)
+    predictor = build_pipeline(args)
+    if args.coco and predictor.regions is None:
+        raise InputError("--coco writes a region model's detections; this run has a line "
+                         "model only")
     # only now: a bad checkpoint leaves no empty output folder behind
     prepare_output_folder(out)
     coco_results: Optional[List[dict]] = [] if args.coco else None
@@ -166,17 +206,32 @@ def prepare_output_folder(out: Path) -> None:
                          out) from None
 
 
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{name} {number}" for name, number in sorted(counter.items())) or "none"
+
+
 def summary_line(records: Sequence[PageRecord], seconds: float, out: Path) -> str:
-    """The run in one line: pages, regions per class, failures, pages/s."""
+    """The run in one line: pages, regions per class, failures, pages/s; with a line
+    model also lines per class, the line detections dropped (by reason) and the regions
+    made for lines outside every region."""
     count = Counter(record.status for record in records)
     classes: Counter = Counter()
+    line_classes: Counter = Counter()
+    dropped: Counter = Counter()
     for record in records:
         classes.update(record.classes)
-    regions = ", ".join(f"{name} {number}" for name, number in sorted(classes.items()))
+        line_classes.update(record.line_classes)
+        dropped.update(record.dropped)
     rate = count["predicted"] / seconds if seconds > 0 else 0.0
+    lines = ""
+    if any(record.lines is not None for record in records):
+        made = sum(record.generated or 0 for record in records)
+        lines = (f"; {sum(line_classes.values())} lines ({_counts(line_classes)}), "
+                 f"{sum(dropped.values())} dropped ({_counts(dropped)}), "
+                 f"{made} regions made for lines outside every region")
     return (f"{len(records)} pages -> {out}: {count['predicted']} predicted, "
             f"{count['skipped']} skipped, {count['failed']} failed; "
-            f"{sum(classes.values())} regions ({regions or 'none'}); {rate:.2f} pages/s")
+            f"{sum(classes.values())} regions ({_counts(classes)}){lines}; {rate:.2f} pages/s")
 
 
 def _write_failures(path: Path, failed: Sequence[PageRecord]) -> None:
@@ -189,11 +244,11 @@ def _write_failures(path: Path, failed: Sequence[PageRecord]) -> None:
         path.unlink(missing_ok=True)
 
 
-def _write_manifest(path: Path, predictor: Predictor, args: argparse.Namespace,
+def _write_manifest(path: Path, predictor: PagePipeline, args: argparse.Namespace,
                     formats: Sequence[str], records: Sequence[PageRecord],
                     seconds: float) -> None:
-    """manifest.json: the checkpoint, the settings and every page (a skipped page keeps
-    the regions and seconds an earlier run's manifest recorded for it)."""
+    """manifest.json: the checkpoint(s), the settings and every page (a skipped page keeps
+    the regions, lines and seconds an earlier run's manifest recorded for it)."""
     earlier = {}
     if args.skip_existing and path.is_file():
         try:
@@ -204,24 +259,37 @@ def _write_manifest(path: Path, predictor: Predictor, args: argparse.Namespace,
                        or (page.get("status") == "skipped" and page.get("regions") is not None)}
         except (InputError, KeyError, TypeError):
             earlier = {}  # an unreadable old manifest only costs the old figures
+    with_lines = predictor.lines is not None
+    line_keys = ("lines", "dropped", "generated") if with_lines else ()
     pages = []
     for record in records:
         entry = {"file": record.file, "status": record.status, "regions": record.regions,
                  "seconds": record.seconds}
+        if with_lines:
+            entry.update(lines=record.lines, dropped=record.dropped, generated=record.generated)
         if record.status == "skipped" and record.file in earlier:
-            entry.update(regions=earlier[record.file].get("regions"),
-                         seconds=earlier[record.file].get("seconds"))
+            entry.update({key: earlier[record.file].get(key)
+                          for key in ("regions", "seconds", *line_keys)})
         if record.error:
             entry["error"] = record.error
         pages.append(entry)
     settings = {key: value for key, value in vars(args).items()
-                if key not in ("checkpoint", "inputs")}
-    write_json_atomic(path, {
-        "checkpoint": (args.checkpoint if is_shipped(args.checkpoint)
-                       else str(Path(args.checkpoint).resolve())), "engine": args.engine,
+                if key not in ("checkpoint", "inputs", "lines")}
+    manifest = {
+        "checkpoint": _checkpoint_name(args.checkpoint), "engine": args.engine,
         "classes": predictor.classes, "inputs": [str(Path(item).resolve()) for item in args.inputs],
         "formats": list(formats), "settings": settings, "seconds": round(seconds, 3),
-        "pages": pages})
+        "pages": pages}
+    if with_lines:
+        manifest.update(lines_checkpoint=_checkpoint_name(args.lines or args.checkpoint),
+                        line_classes=predictor.line_classes,
+                        orphan_label=predictor.orphan_label)
+    write_json_atomic(path, manifest)
+
+
+def _checkpoint_name(checkpoint: str) -> str:
+    """A shipped model's name as given, a file as its absolute path."""
+    return checkpoint if is_shipped(checkpoint) else str(Path(checkpoint).resolve())
 
 
 if __name__ == "__main__":

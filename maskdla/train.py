@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from maskdla.checkpoint import (checkpoint_config, load_checkpoint, restore_rng,
                                 save_checkpoint)
 from maskdla.cli import non_negative_float, positive_int, run_main
 from maskdla.config import (AMP_MODES, ANCHOR_SCALES, LOADER_PASSES, LR_REFERENCE_BATCH,
-                            MASK_RESOLUTIONS, RESUME_AUTO, TrainConfig)
+                            MASK_RESOLUTIONS, RESUME_AUTO, TASKS, TrainConfig)
 from maskdla.data.dataset import Dataset, collate_fn
 from maskdla.data.pagexml import parse_class_map
 from maskdla.data.samplers import EpochBatches
@@ -295,14 +296,21 @@ def _fit(config: TrainConfig, device: torch.device, context: distributed.Distrib
     batches = EpochBatches(data.train, config.batch_size, seed=config.seed, rank=context.rank,
                            world_size=context.world_size)
     loader = build_loader(config, data.train, batches, device, context.rank)
+    before = _run_dir_before(run.run_dir)
     _prepare_run_dir(run, fresh=checkpoint is None, train_size=len(data.train))
     run.meter = _energy_meter(run)
     start_iteration, run.started = run.iteration, time.perf_counter()
-    hooks.started(run)
     try:
+        hooks.started(run)
         if run.meter:
             run.meter.start()
         train_to_end(run, loader, batches, hooks)
+    except BaseException:  # a truncated image, Ctrl-C, out of memory... before any step?
+        if run.meter:
+            run.meter.stop()  # its timeline is written now, not after the cleanup
+        if checkpoint is None and run.iteration == 0 and context.is_main:
+            _remove_unstarted_run(run.run_dir, before)
+        raise
     finally:
         if run.meter:
             run.meter.stop()
@@ -390,6 +398,32 @@ def _prepare_run_dir(run: Run, fresh: bool, train_size: int) -> None:
                           dict(run.config.to_dict(), world_size=run.context.world_size,
                                train_size=train_size, classes=run.classes))
     distributed.barrier()
+
+
+def _run_dir_before(run_dir: Path) -> Tuple[Set[str], List[Path]]:
+    """What was there before the run wrote anything: the run folder's entries, and the
+    folders of its path that did not exist (the run folder first)."""
+    missing = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
+    return (set(os.listdir(run_dir)) if not missing else set()), missing
+
+
+def _remove_unstarted_run(run_dir: Path, before: Tuple[Set[str], List[Path]]) -> None:
+    """Remove what a fresh run that never trained a step wrote (config.json, log.jsonl, an
+    energy timeline, TensorBoard events) and the folders it made: left, they look like a
+    run that started (reports list it, ``--resume auto`` has nothing to resume). What was
+    in the folder before (an experiment's files) stays."""
+    entries, missing = before
+    try:
+        for name in (set(os.listdir(run_dir)) - entries) | {"config.json", "log.jsonl"}:
+            path = run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        for folder in missing:
+            folder.rmdir()
+    except OSError:
+        pass  # the run's own error is the one to report
 
 
 def _energy_meter(run: Run) -> Optional[EnergyMeter]:
@@ -867,6 +901,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
     add = group.add_argument
+    add("--task", choices=TASKS, default=defaults.task,
+        help="what the model finds: regions (default: the layout's zones) or lines (the "
+             "TextLine elements of PAGE/ALTO, classed by line type: a line model)")
     add("--data", help="dataset folder: DATA/train/*.jpg with its PAGE or ALTO files in "
         "DATA/train/page/, DATA/train/alto/ or next to the images; same for test/ (and val/: "
         "the validation split)")
@@ -926,6 +963,8 @@ def _model_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
              "side of long thin regions: lyrics lines, running titles, margin notes)")
     add("--rois-per-image", type=positive_int, default=defaults.rois_per_image,
         help="RoIs sampled per image for the box head's loss (fewer: faster CPU steps)")
+    add("--detections-per-image", type=positive_int, default=defaults.detections_per_image,
+        help="at most this many detections per image at test time (a line model: 300)")
 
 
 def _optimisation_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:

@@ -508,3 +508,21 @@ def test_an_image_name_climbing_out_of_the_data_folder_is_refused(tmp_path):
     xml = write(data / "alto", alto_xml(block(), width=None, height=None, image=str(outside)))
     with pytest.raises(InputError, match="secret.png. was not found"):  # not read from elsewhere
         read_alto(xml)
+
+
+def test_duplicate_block_ids_are_counted_and_written_under_new_ids(tmp_path):
+    blocks = (block("10 10 50 10 50 40", "b1") + block("60 10 90 10 90 40", "b1")
+              + block("10 50 50 50 50 90", "b2"))
+    report = RepairReport()
+    path = write(tmp_path, alto_xml(blocks))
+    page = read_alto(path, report=report)
+    assert [r.id for r in page.regions] == ["b1", "b1", "b2"]
+    assert report.duplicate_ids == 1
+    assert report.notes == [f"{path}: region b1: the id of an earlier region of the page "
+                            "(written under a new id)"]
+    assert "duplicate region ids 1" in report.summary()
+    write_alto(page, tmp_path / "out.xml")
+    again = RepairReport()
+    assert sorted(r.id for r in read_alto(tmp_path / "out.xml", report=again).regions) == [
+        "b1", "b1_1", "b2"]
+    assert again.duplicate_ids == 0

@@ -42,3 +42,28 @@ def test_python_dash_m_maskdla_is_the_same_command():
     done = subprocess.run([sys.executable, "-m", "maskdla", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "commands:" in done.stdout and "train" in done.stdout
+
+
+def test_the_libraries_warnings_on_bad_input_are_not_shown_beside_maskdlas_lines(tmp_path):
+    """shapely's RuntimeWarning (an outline overflowing its arithmetic) and PIL's
+    DecompressionBombWarning (a page over its pixel limit) used to print, with their source
+    lines, beside maskdla's own note and summary."""
+    from PIL import Image
+
+    namespace = "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
+    (tmp_path / "page").mkdir()
+    for name, (width, height), points in (("huge", (9500, 9500), "10,10 90,10 90,90 10,90"),
+                                          ("small", (200, 100), "0,0 1e300,1e300 1e300,0 0,1e300")):
+        Image.new("1", (width, height)).save(tmp_path / f"{name}.png")  # 90 M pixels: a bomb?
+        (tmp_path / "page" / f"{name}.xml").write_text(
+            f'<PcGts xmlns="{namespace}"><Page imageFilename="{name}.png" imageWidth="{width}" '
+            f'imageHeight="{height}"><TextRegion id="r1" custom="structure {{type:text;}}">'
+            f'<Coords points="{points}"/></TextRegion></Page></PcGts>')
+    done = subprocess.run([sys.executable, "-W", "always", "-m", "maskdla", "convert", "to-coco",
+                           str(tmp_path), "--out", str(tmp_path / "train.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"maskdla: {tmp_path / 'page' / 'small.xml'}: region r1: self-intersection repaired "
+        "and clipped to the page"]
+    assert "repaired 1, clipped 1, skipped 0" in done.stdout  # maskdla's own summary stays

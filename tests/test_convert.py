@@ -246,3 +246,18 @@ def test_an_out_in_the_way_or_on_a_read_only_disk_is_one_line(tmp_path, monkeypa
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         f"maskdla: error: {tmp_path / 'train.json'}: cannot write: {os.strerror(errno.EROFS)}")
+
+
+def test_class_options_that_match_nothing_are_one_warning(tmp_path, capsys):
+    train = dataset_folder(tmp_path / "data")
+    result = convert_in_process(capsys, "to-coco", train, "--out", tmp_path / "train.json",
+                                "--class-map", "nosuch=x", "Lyrics=text",
+                                "--classes", "staff", "lyrics", "drop capital", "neume")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"maskdla: warning: {train}: --class-map nosuch, Lyrics: no class of the data has this "
+        "name (its classes: drop capital, lyrics, staff); --classes neume: no page has this "
+        "class\n")
+    result = convert_in_process(capsys, "to-coco", train, "--out", tmp_path / "again.json",
+                                "--class-map", "lyrics=text")
+    assert result.returncode == 0 and result.stderr == ""

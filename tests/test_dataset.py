@@ -406,3 +406,24 @@ def test_multi_page_tiff_is_refused_not_read_as_its_first_page(tmp_path):
     pages[0].save(tmp_path / "one.tif")  # one page: read as always
     coco["images"][0]["file_name"] = "one.tif"
     assert Dataset(coco, tmp_path, min_size=100)[0][0].shape == (3, 100, 150)
+
+
+@pytest.mark.parametrize("full_scale", [1.0, 255.0, 65535.0])
+def test_float_greyscale_tiff_is_scaled_from_its_full_scale(tmp_path, full_scale):
+    """A mode F (32-bit float) TIFF went through PIL's conversion, which clips at 255: a
+    [0, 1] page decoded all black, a 16-bit one all white."""
+    from maskdla.data.image import read_displayed_rgb
+
+    samples = _grey_ramp().astype(np.float32) / 65535 * full_scale
+    samples[0, 0] = np.nan  # a broken sample counts as black, and leaves the scale alone
+    Image.fromarray(samples).save(tmp_path / "page.tif")
+    with Image.open(tmp_path / "page.tif") as opened:
+        assert opened.mode == "F"
+    coco = {"images": [{"id": 1, "file_name": "page.tif", "width": 300, "height": 200}],
+            "annotations": [], "categories": [{"id": 1, "name": "text"}]}
+    pixels, _ = Dataset(coco, tmp_path, min_size=100)[0]
+    assert abs(pixels[:, :, 60:].mean().item() - 59000 / 65535) < 0.02  # paper
+    assert abs(pixels[:, :, :40].mean().item() - 6000 / 65535) < 0.02  # text
+    shown = np.asarray(read_displayed_rgb(tmp_path / "page.tif"))  # overlays, evaluation
+    assert shown.shape == (200, 300, 3) and shown[0, 0, 0] == 0
+    assert abs(int(shown[100, 200, 0]) - round(59000 / 257)) <= 1

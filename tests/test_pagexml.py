@@ -161,6 +161,42 @@ def test_out_of_page_polygon_is_clipped_and_outside_one_skipped(tmp_path):
     assert report.clipped == 2 and report.skipped == 1
 
 
+def test_an_outline_overflowing_shapelys_arithmetic_is_repaired_without_a_warning(tmp_path):
+    """make_valid on 1e300 coordinates used to raise shapely's RuntimeWarning (overflow,
+    invalid value) beside the reader's own note."""
+    import warnings
+
+    report = RepairReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        page = read_page(write(tmp_path, page_xml(region("0,0 1e300,1e300 1e300,0 0,1e300"))),
+                         report=report)
+    assert report.notes == [f"{tmp_path / 'page.xml'}: region r1: self-intersection repaired "
+                            "and clipped to the page"]
+    (kept,) = page.regions
+    assert Polygon(kept.polygon).is_valid
+
+
+def test_duplicate_region_ids_are_counted_and_written_under_new_ids(tmp_path):
+    """Two regions of a page sharing an id were read and renamed by the writers without a
+    word in the summary."""
+    regions = (region("10,10 50,10 50,40", "r1") + region("60,10 90,10 90,40", "r1")
+               + region("10,50 50,50 50,90", "r2") + region("60,50 90,50 90,90", "r1"))
+    report = RepairReport()
+    path = write(tmp_path, page_xml(regions))
+    page = read_page(path, report=report)
+    assert [r.id for r in page.regions] == ["r1", "r1", "r2", "r1"]
+    assert report.duplicate_ids == 2
+    assert report.notes == [f"{path}: region r1: the id of an earlier region of the page "
+                            "(written under a new id)"] * 2
+    assert report.summary().endswith("size from image 0, duplicate region ids 2")
+    write_page(page, tmp_path / "out.xml")
+    again = RepairReport()
+    assert [r.id for r in read_page(tmp_path / "out.xml", report=again).regions] == [
+        "r1", "r1_1", "r2", "r1_2"]
+    assert again.duplicate_ids == 0 and not again.notes
+
+
 # ---------------------------------------------------------------------- page size
 
 def make_image(path: Path, size=(200, 100)) -> Path:

@@ -806,3 +806,68 @@ def test_a_run_folders_config_json_replays_the_run_with_the_same_metrics(corpus,
 
 def first_classes(run):
     return json.loads((run / "config.json").read_text())["classes"]
+
+
+def test_class_options_that_match_nothing_in_the_data_are_one_warning(corpus, tmp_path, capsys):
+    """--class-map nosuch=x and --classes naming a class no page has were taken without a
+    word: a misspelt class name trained a model that never saw the class."""
+    import shutil
+
+    from maskdla.data.coco import folder_to_coco
+    from maskdla.data.sources import run_data
+
+    options = dict(class_map={"nosuch": "x", "lyrics": "text", "drop-capital": None},
+                   classes=["staff", "text", "neume"])
+    data = run_data(tiny_config(corpus, tmp_path / "run", **options))
+    assert data.train.classes == ["staff", "text", "neume"]  # a warning, not an error
+    assert capsys.readouterr().err == (
+        f"maskdla: warning: {corpus / 'train'}: --class-map nosuch: no class of the data has "
+        "this name (its classes: drop-capital, lyrics, staff); --classes neume: no page has "
+        "this class\n")
+    # the same from COCO files, whose classes the Dataset maps
+    images = tmp_path / "images"
+    shutil.copytree(corpus / "train", images, ignore=shutil.ignore_patterns("page"))
+    train_json = tmp_path / "train.json"
+    train_json.write_text(json.dumps(folder_to_coco(corpus / "train")[0]))
+    coco = dict(data=None, train_ann=str(train_json), test_ann=str(train_json),
+                train_images=str(images), test_images=str(images))
+    run_data(tiny_config(corpus, tmp_path / "run", **options, **coco))
+    assert capsys.readouterr().err == (
+        f"maskdla: warning: {train_json}: --class-map nosuch: no class of the data has this "
+        "name (its classes: drop-capital, lyrics, staff); --classes neume: no page has this "
+        "class\n")
+    for source in ({}, coco):  # options that each match something: not a word
+        run_data(tiny_config(corpus, tmp_path / "run", class_map={"lyrics": "text"},
+                             classes=["staff", "text", "drop-capital"], **source))
+        assert capsys.readouterr().err == ""
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_nothing_behind(corpus, tmp_path, capsys):
+    """A truncated ground-truth image used to leave config.json and an empty log.jsonl, a
+    folder that looks like a run that started (and that reports list as unfinished)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    image = sorted((data / "train").glob("*.jpg"))[0]
+    whole = image.read_bytes()
+    image.write_bytes(whole[: len(whole) // 3])
+    flags = ["--backbone", "vovnet19slim", "--data", str(data), "--epochs", "0.25",
+             "--batch-size", "8", "--min-size", "96", "--max-size", "160", "--workers", "0",
+             "--device", "cpu", "--log-every", "1"]
+    experiment = tmp_path / "experiment"  # a folder with files of its own (a launcher's)
+    experiment.mkdir()
+    (experiment / "train_config.json").write_text("{}")
+    for out in (tmp_path / "runs" / "new", experiment):
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(main, flags + ["--out", str(out)])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"maskdla: error: {image}: cannot read the image (image file "
+                                "is truncated")
+    assert not (tmp_path / "runs").exists()
+    assert sorted(path.name for path in experiment.iterdir()) == ["train_config.json"]
+    # --resume auto (the launchers' flag) finds nothing to resume: the run starts afresh
+    from maskdla.train import _resume_path
+
+    assert _resume_path(tiny_config(data, experiment, resume="auto"), experiment) is None

@@ -16,14 +16,15 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from xml.etree import ElementTree as ET
 
-from maskdla.data.page import Page, Point, Region, TextLine
+from maskdla.data.page import DEFAULT_LINE_LABEL, Page, Point, Region, TextLine
 from maskdla.data.pagexml import _xml_ids
 from maskdla.data.reading import (ALTO_BLOCK_ELEMENTS, ALTO_DEFAULT_ELEMENTS, ClassMap, PathLike,
                                   RepairReport, admit_region, check_page_size, children,
-                                  find_image, finite_points, image_header, read_document)
+                                  count_duplicate_ids, find_image, finite_points, image_header,
+                                  read_document)
 from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
 
@@ -220,7 +221,8 @@ def read_alto(path: PathLike, elements: Optional[Sequence[str]] = None,
             continue
         page.regions.append(Region(id=region_id, kind=element.tag, label=admitted[0],
                                    polygon=admitted[1], score=score))
-        page.lines.extend(_text_lines(element, region_id, units, path, report))
+        page.lines.extend(_text_lines(element, region_id, units, path, report, tags))
+    count_duplicate_ids([region.id for region in page.regions], report, path)
     _apply_reading_order(page, _reading_order(root))
     return page
 
@@ -247,7 +249,7 @@ def _baseline(line: ET.Element, units: _Units) -> List[Point]:
 
 
 def _text_lines(block: ET.Element, region_id: str, units: _Units, path: PathLike,
-                report: RepairReport) -> Iterator[TextLine]:
+                report: RepairReport, tags: Dict[str, ET.Element]) -> Iterator[TextLine]:
     for number, line in enumerate(children(block, "TextLine")):
         line_id = line.get("ID") or f"{region_id}_line_{number}"
         try:
@@ -258,8 +260,10 @@ def _text_lines(block: ET.Element, region_id: str, units: _Units, path: PathLike
             continue
         words = [string.get("CONTENT", "") for string in children(line, "String")]
         text = " ".join(words) if any(words) else None
+        label, score = _label_and_score(line, tags)
         yield TextLine(id=line_id, region_id=region_id, polygon=polygon, baseline=baseline,
-                       text=text)
+                       text=text, label=DEFAULT_LINE_LABEL if label == "TextLine" else label,
+                       score=score)
 
 
 # --------------------------------------------------------------------------- writing
@@ -288,6 +292,12 @@ def _block_element(region: Region) -> str:
     return PAGE_KINDS.get(region.kind, "TextBlock")
 
 
+def holds_lines(region: Region) -> bool:
+    """Whether :func:`write_alto` writes ``region`` as a TextBlock, the one ALTO block
+    that holds TextLines (its lines are left out otherwise)."""
+    return _block_element(region) == "TextBlock"
+
+
 def _ordered_regions(page: Page) -> List[Region]:
     """The regions in ``page.reading_order``, then the rest in list order."""
     first: Dict[str, Region] = {}
@@ -298,36 +308,65 @@ def _ordered_regions(page: Page) -> List[Region]:
     return ordered + [region for region in page.regions if id(region) not in chosen]
 
 
-def _write_tags(root: ET.Element, regions: Sequence[Region], ids: Iterator[str]
-                ) -> Dict[Tuple[str, object], str]:
-    """``Tags``: one OtherTag per class (eScriptorium's shape) and per distinct score;
-    returns (kind of tag, value) -> tag id."""
-    refs: Dict[Tuple[str, object], str] = {}
+#: id prefix of each kind of tag: block types and line types as eScriptorium numbers them
+_TAG_PREFIXES = {"class": "BT", "line": "LT", "score": "score"}
+
+
+def _wanted_tags(regions: Sequence[Region], lines: Sequence[TextLine]) -> List[Tuple[str, str]]:
+    """(kind, value) of every tag the file needs: block classes, line classes, scores."""
     wanted = [("class", region.label) for region in regions]
-    wanted += [("score", f"{region.score:.4g}") for region in regions if region.score is not None]
-    wanted = list(dict.fromkeys(wanted))
+    wanted += [("line", line.label) for line in lines]
+    wanted += [("score", f"{item.score:.4g}") for item in [*regions, *lines]
+               if item.score is not None]
+    return list(dict.fromkeys(wanted))
+
+
+def _tag_names(wanted: Sequence[Tuple[str, str]]) -> List[str]:
+    """The ids the tags of :func:`_wanted_tags` ask for: BT1.., LT1.., score1.."""
+    numbers: Dict[str, int] = {}
+    names = []
+    for kind, _ in wanted:
+        numbers[kind] = numbers.get(kind, 0) + 1
+        names.append(f"{_TAG_PREFIXES[kind]}{numbers[kind]}")
+    return names
+
+
+def _write_tags(root: ET.Element, wanted: Sequence[Tuple[str, str]], ids: Iterator[str]
+                ) -> Dict[Tuple[str, object], str]:
+    """``Tags``: one OtherTag per block class and per line class (eScriptorium's shape:
+    ``DESCRIPTION="block type X"``, ``"line type X"``) and per distinct score; returns
+    (kind of tag, value) -> tag id."""
+    refs: Dict[Tuple[str, object], str] = {}
     if not wanted:
         return refs
     tags = ET.SubElement(root, "Tags")
     for kind, value in wanted:
         refs[(kind, value)] = tag_id = next(ids)
-        attributes = ({"ID": tag_id, "LABEL": str(value), "DESCRIPTION": f"block type {value}"}
-                      if kind == "class" else
+        described = "block type" if kind == "class" else "line type"
+        attributes = ({"ID": tag_id, "LABEL": str(value), "DESCRIPTION": f"{described} {value}"}
+                      if kind != "score" else
                       {"ID": tag_id, "TYPE": SCORE_TAG_TYPE, "LABEL": str(value)})
         ET.SubElement(tags, "OtherTag", attributes)
     return refs
+
+
+def _references(item: Union[Region, TextLine], kind: str, tag_ids: Dict[Tuple[str, object], str]
+                ) -> str:
+    """TAGREFS of a block or line: its class's tag, then its score's."""
+    references = [tag_ids[(kind, item.label)]]
+    if item.score is not None:
+        references.append(tag_ids[("score", f"{item.score:.4g}")])
+    return " ".join(references)
 
 
 def alto_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
     """Serialise a Page as ALTO 4.3 XML (see :func:`write_alto`)."""
     regions = _ordered_regions(page)
     lines = [line for line in page.lines if len(line.polygon) >= 2 or len(line.baseline) >= 2]
-    labels = list(dict.fromkeys(region.label for region in regions))
-    scores = list(dict.fromkeys(f"{r.score:.4g}" for r in regions if r.score is not None))
-    wanted = ([f"BT{i}" for i in range(1, len(labels) + 1)]
-              + [f"score{i}" for i in range(1, len(scores) + 1)]
-              + [region.id for region in regions] + [line.id for line in lines])
-    legal = iter(_xml_ids(["page_1", *wanted])[1:])
+    tags = _wanted_tags(regions, lines)
+    wanted = _tag_names(tags) + [region.id for region in regions] + [line.id for line in lines]
+    # one xs:ID space: the page, the processing step, tags, blocks and lines
+    legal = iter(_xml_ids(["page_1", "maskdla_processing", *wanted])[2:])
     root = ET.Element("alto", {
         "xmlns": ALTO_4_NAMESPACE, "xmlns:xsi": _XSI,
         "xsi:schemaLocation": f"{ALTO_4_NAMESPACE} "
@@ -341,7 +380,7 @@ def alto_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
     ET.SubElement(processing, "processingDateTime").text = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
     software = ET.SubElement(processing, "processingSoftware")
     ET.SubElement(software, "softwareName").text = "maskdla"
-    tag_ids = _write_tags(root, regions, legal)
+    tag_ids = _write_tags(root, tags, legal)
     layout = ET.SubElement(root, "Layout")
     page_element = ET.SubElement(layout, "Page", {
         "ID": "page_1", "PHYSICAL_IMG_NR": "1", "WIDTH": str(int(page.width)),
@@ -354,24 +393,21 @@ def alto_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
     for line in lines:
         lines_of.setdefault(line.region_id, []).append(line)
     for region, region_id in zip(regions, region_ids):
-        references = [tag_ids[("class", region.label)]]
-        if region.score is not None:
-            references.append(tag_ids[("score", f"{region.score:.4g}")])
         name = _block_element(region)
         block = ET.SubElement(space, name, {"ID": region_id, **_box(region.polygon),
-                                            "TAGREFS": " ".join(references)})
+                                            "TAGREFS": _references(region, "class", tag_ids)})
         ET.SubElement(ET.SubElement(block, "Shape"), "Polygon",
                       {"POINTS": _points(region.polygon)})
         if name == "TextBlock":  # only TextBlock may hold TextLines
             for line in lines_of.pop(region.id, []):
-                _write_line(block, line, line_ids[id(line)])
+                _write_line(block, line, line_ids[id(line)], _references(line, "line", tag_ids))
     ET.indent(root)
     return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
 
 
-def _write_line(block: ET.Element, line: TextLine, line_id: str) -> None:
+def _write_line(block: ET.Element, line: TextLine, line_id: str, tag_refs: str) -> None:
     outline = line.polygon if len(line.polygon) >= 2 else line.baseline
-    attributes = {"ID": line_id, **_box(outline)}
+    attributes = {"ID": line_id, "TAGREFS": tag_refs, **_box(outline)}
     if len(line.baseline) >= 2:
         attributes["BASELINE"] = _points(line.baseline)
     element = ET.SubElement(block, "TextLine", attributes)
@@ -389,9 +425,12 @@ def write_alto(page: Page, path: PathLike, *, created: Optional[datetime] = None
     per class, as eScriptorium writes them); ``Region.score`` goes to a second referenced
     tag ``OtherTag TYPE="score" LABEL="0.97"``. Blocks follow ``page.reading_order``, then
     the remaining regions in list order (ALTO's implicit reading order). Text lines go
-    under their TextBlock with box, ``BASELINE``, ``Shape/Polygon`` and one ``String``
-    holding the text. Coordinates are rounded to non-negative integers; ids that are not
-    legal XML ids are rewritten. ``created`` (default now, UTC) stamps
+    under their TextBlock (:func:`holds_lines`; lines of other blocks are left out) with
+    box, ``BASELINE``, ``Shape/Polygon``, one ``String`` holding the text, and ``TAGREFS``
+    to an ``OtherTag`` of their class (``DESCRIPTION="line type HeadingLine"``, as
+    eScriptorium writes line types) and to their score's tag. Coordinates are rounded to
+    non-negative integers; ids that are not legal XML ids are rewritten (tags, blocks and
+    lines share one id space). ``created`` (default now, UTC) stamps
     ``Processing/processingDateTime``; a fixed one makes the file byte-identical.
     """
     write_bytes_atomic(path, alto_to_xml(page, created))

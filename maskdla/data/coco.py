@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from shapely.geometry import Polygon
 
 from maskdla.data.layout import LAYOUT_FOLDERS, collect_layout_files, read_layout
+from maskdla.data.lines import INSTANCE_KINDS, read_line_instances
 from maskdla.data.page import Page, Point, Region
 from maskdla.data.reading import ClassMap, PathLike, RepairReport, UnknownClasses, find_image
 from maskdla.errors import InputError
@@ -85,28 +86,33 @@ def image_file_name(xml_path: PathLike, page: Page, relative_to: PathLike) -> st
 
 def read_pages(xml_files: Sequence[PathLike], relative_to: PathLike,
                elements: Optional[Sequence[str]] = None, class_map: Optional[ClassMap] = None,
-               report: Optional[RepairReport] = None,
-               fold_subtypes: bool = False) -> List[Tuple[Page, str]]:
+               report: Optional[RepairReport] = None, fold_subtypes: bool = False,
+               instances: str = "regions") -> List[Tuple[Page, str]]:
     """:func:`~maskdla.data.layout.read_layout` each PAGE or ALTO file; return (page, image
-    file name relative to ``relative_to``) pairs for :func:`pages_to_coco`."""
+    file name relative to ``relative_to``) pairs for :func:`pages_to_coco`. ``instances``
+    "lines": each page's regions are its text lines
+    (:func:`~maskdla.data.lines.read_line_instances`)."""
+    if instances not in INSTANCE_KINDS:
+        raise ValueError(f"instances must be one of {INSTANCE_KINDS}, got {instances!r}")
+    read = read_line_instances if instances == "lines" else read_layout
     entries = []
     for xml_path in xml_files:
-        page = read_layout(xml_path, elements=elements, class_map=class_map, report=report,
-                           fold_subtypes=fold_subtypes)
+        page = read(xml_path, elements=elements, class_map=class_map, report=report,
+                    fold_subtypes=fold_subtypes)
         entries.append((page, image_file_name(xml_path, page, relative_to)))
     return entries
 
 
 def folder_to_coco(folder: PathLike, elements: Optional[Sequence[str]] = None,
                    class_map: Optional[ClassMap] = None,
-                   classes: Optional[Sequence[str]] = None,
-                   fold_subtypes: bool = False) -> Tuple[Dict[str, Any], RepairReport]:
+                   classes: Optional[Sequence[str]] = None, fold_subtypes: bool = False,
+                   instances: str = "regions") -> Tuple[Dict[str, Any], RepairReport]:
     """COCO dict of the PAGE/ALTO files of ``folder`` (``page/*.xml``, ``alto/*.xml`` or
     ``*.xml``), image file names relative to ``folder``; and the :class:`RepairReport` of
-    reading them."""
+    reading them. ``instances``: "regions", or "lines" (see :func:`read_pages`)."""
     report = RepairReport()
     entries = read_pages(collect_layout_files([folder]), folder, elements, class_map, report,
-                         fold_subtypes)
+                         fold_subtypes, instances)
     return pages_to_coco(entries, classes), report
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import (Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union)
 
@@ -319,6 +319,8 @@ class Dataset(torch.utils.data.Dataset):
         coco: COCO ground truth at original resolution (polygons), category ids = labels,
             image ids = ``target["image_id"]``; ready for pycocotools.
         repair_report: what reading the PAGE-XML repaired (:meth:`from_folder`), else None.
+        found_classes: instances per class as the data names them (sub-types folded when
+            asked), before the class map.
 
     Raises:
         InputError: an image file that does not exist, non-integer image ids, bad sizes or
@@ -350,6 +352,9 @@ class Dataset(torch.utils.data.Dataset):
 
         self.classes, label_of = _resolve_classes(coco, classes, class_map, source_name,
                                                   fold_subtypes)
+        found = {category["id"]: map_label(str(category["name"]), None, fold_subtypes)
+                 for category in coco["categories"]}
+        self.found_classes = Counter(found.get(a["category_id"], "") for a in coco["annotations"])
         self._images: List[Dict[str, Any]] = []
         self._paths: List[Path] = []
         index_of: Dict[int, int] = {}
@@ -387,13 +392,16 @@ class Dataset(torch.utils.data.Dataset):
                     elements: Optional[Sequence[str]] = None,
                     classes: Optional[Sequence[str]] = None,
                     class_map: Optional[ClassMap] = None, fold_subtypes: bool = False,
-                    verbosity: int = 1, **kwargs: Any) -> "Dataset":
+                    instances: str = "regions", verbosity: int = 1,
+                    **kwargs: Any) -> "Dataset":
         """A split of a dataset folder: ``root/split/*.jpg`` with its PAGE-XML or ALTO in
         ``root/split/page/*.xml``, ``root/split/alto/*.xml`` or next to the images
         (``split=None``: ``root`` itself is the split folder).
 
         ``elements``, ``class_map`` and ``fold_subtypes`` are the readers' options
-        (:func:`~maskdla.data.layout.read_layout`); the class list defaults to the sorted
+        (:func:`~maskdla.data.layout.read_layout`); ``instances`` "lines" takes the text
+        lines as instances instead of the regions (a line model; the class options then
+        apply to the line types); the class list defaults to the sorted
         class names found. What reading repaired is in :attr:`repair_report`. With
         ``verbosity`` 1 (default), when reading repaired or skipped anything, the first
         region notes and one summary line go to stderr (clean data: nothing); 2 prints
@@ -406,7 +414,8 @@ class Dataset(torch.utils.data.Dataset):
                              "or ALTO XML in DATA/train/page/, DATA/train/alto/ or next to "
                              "the images)", folder)
         coco, report = folder_to_coco(folder, elements=elements, class_map=class_map,
-                                      classes=classes, fold_subtypes=fold_subtypes)
+                                      classes=classes, fold_subtypes=fold_subtypes,
+                                      instances=instances)
         lines = report.lines(verbosity) if report.notes or verbosity >= 2 else []
         for line in lines[:-1]:
             print(f"maskdla: {line}", file=sys.stderr)
@@ -414,6 +423,7 @@ class Dataset(torch.utils.data.Dataset):
             print(f"maskdla: {folder}: {lines[-1]}", file=sys.stderr)
         dataset = cls(coco, folder, classes=classes, source=folder, **kwargs)
         dataset.repair_report = report
+        dataset.found_classes = report.found  # the data's classes before the class map
         return dataset
 
     @classmethod

@@ -3,9 +3,9 @@
 A scanner or camera may store the pixels sideways and record in EXIF tag 0x0112 how to
 show them. Annotations (PAGE, ALTO) and predictions refer to the page as displayed, so
 every reader of image sizes goes through :func:`displayed_size`, and every reader of
-pixels through :func:`to_rgb` (16-bit greyscale scaled to 8 bits; PIL's own conversion
-clips it to a white page) and :func:`tiff_pages` (a multi-page TIFF is refused, not read
-as its first page).
+pixels through :func:`to_rgb` (16-bit and float greyscale scaled to 8 bits; PIL's own
+conversion clips them to a white or black page) and :func:`tiff_pages` (a multi-page
+TIFF is refused, not read as its first page).
 """
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ SWAPS_SIDES = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
 #: PIL modes of greyscale with more than 8 bits a pixel (16-bit PNG and TIFF open as
 #: I;16, older Pillows open 16-bit PNG as I): ``convert("RGB")`` clips them at 255
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+#: full scales of 32-bit float greyscale (PIL mode F, e.g. a float TIFF): the smallest that
+#: holds the page's brightest sample is the page's: 1 (the float convention), 255 or 65535
+#: (8- or 16-bit values stored as floats); ``convert("RGB")`` clips at 255 (a [0, 1] page
+#: turns black, a 16-bit one white)
+FLOAT_FULL_SCALES = (1.0, 255.0, 65535.0)
 #: the TIFF tag NewSubfileType; its bits 0 (a reduced-resolution copy, e.g. a scanner's
 #: thumbnail) and 2 (a transparency mask) mark frames that are not pages of their own
 TIFF_SUBFILE_TYPE, TIFF_NOT_A_PAGE = 254, 0b101
@@ -73,16 +78,30 @@ def to_rgb(image: Image.Image) -> Image.Image:
     Greyscale of 16 bits (and mode ``I``, which holds 16-bit samples when read from a PNG
     or TIFF) keeps its high byte, the scale PIL itself uses for 16-bit RGB; PIL's
     ``convert("RGB")`` would clip every sample above 255, and a scan's paper is far above.
+    Float greyscale (mode ``F``) is scaled from its full scale (:data:`FLOAT_FULL_SCALES`)
+    to 8 bits; NaN counts as black.
     """
     if image.mode in WIDE_GREY_MODES:
         samples = np.asarray(image)
         if samples.dtype.kind != "u":  # mode I, int32: a scan's samples are 16-bit ones
             samples = np.clip(samples, 0, 65535)
         image = Image.fromarray((samples >> 8).astype(np.uint8))  # mode L
+    elif image.mode == "F":
+        image = Image.fromarray(_float_to_8_bits(np.asarray(image)))  # mode L
     if image.mode != "RGB":
         return image.convert("RGB")
     image.load()  # decoded here: the file may be closed after
     return image
+
+
+def _float_to_8_bits(samples: np.ndarray) -> np.ndarray:
+    """Float samples -> uint8, 0 to the full scale of :data:`FLOAT_FULL_SCALES` that holds
+    the brightest finite sample (with a 0.1 % margin for rounding), else to that sample."""
+    finite = samples[np.isfinite(samples)]
+    brightest = float(finite.max()) if finite.size else 0.0
+    scale = next((full for full in FLOAT_FULL_SCALES if brightest <= full * 1.001), brightest)
+    samples = np.nan_to_num(samples, nan=0.0, posinf=scale, neginf=0.0)
+    return np.clip(samples * (255.0 / scale) + 0.5, 0, 255).astype(np.uint8)
 
 
 def tiff_pages(image: Image.Image) -> int:

@@ -30,15 +30,34 @@ class Region:
     score: Optional[float] = None
 
 
+#: class of a text line that its file does not tag (SegmOnto's default line type)
+DEFAULT_LINE_LABEL = "DefaultLine"
+
+
 @dataclass
 class TextLine:
-    """A text line inside a region (read, kept, written back; not a training target)."""
+    """A text line inside a region: the unit a transcription pipeline reads, and the
+    training target of a line model (``--task lines``).
+
+    Attributes:
+        id: the line's id in its file.
+        region_id: id of the region that holds it.
+        polygon: the line's outline (not closed); may be empty where a file gives only
+            the baseline.
+        baseline: the baseline as a polyline, left to right; empty where the file has none.
+        text: the transcription, if the file has one.
+        label: line class (SegmOnto line type: ALTO ``TAGREFS``, PAGE ``custom`` structure
+            type), :data:`DEFAULT_LINE_LABEL` when untagged.
+        score: detection confidence in [0, 1]; ``None`` for ground truth.
+    """
 
     id: str
     region_id: str
     polygon: List[Point]
     baseline: List[Point] = field(default_factory=list)
     text: Optional[str] = None
+    label: str = DEFAULT_LINE_LABEL
+    score: Optional[float] = None
 
 
 @dataclass

@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 from xml.etree import ElementTree as ET
 
-from maskdla.data.page import Page, Point, Region, TextLine
+from maskdla.data.page import DEFAULT_LINE_LABEL, Page, Point, Region, TextLine
 from maskdla.data.reading import (ClassMap, PathLike, RepairReport, admit_region,
-                                  check_page_size, children, clean_polygon, find_image,
-                                  finite_points, image_candidates, parse_class_map, positive_int,
-                                  read_document)
+                                  check_page_size, children, clean_polygon, count_duplicate_ids,
+                                  find_image, finite_points, image_candidates, parse_class_map,
+                                  positive_int, read_document)
 from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
 
@@ -169,6 +169,7 @@ def read_page(path: PathLike, elements: Optional[Sequence[str]] = None,
         page.regions.append(Region(id=region_id, kind=element.tag, label=label, polygon=polygon,
                                    score=_score(custom)))
         page.lines.extend(_text_lines(element, region_id, path, report))
+    count_duplicate_ids([region.id for region in page.regions], report, path)
     kept = {region.id for region in page.regions}
     for reading_order in children(page_element, "ReadingOrder"):
         order = list(dict.fromkeys(_reading_order(reading_order)))
@@ -191,8 +192,11 @@ def _text_lines(region: ET.Element, region_id: str, path: PathLike,
             continue
         unicode = [u.text or "" for equiv in children(line, "TextEquiv")[:1]
                    for u in children(equiv, "Unicode")]
+        custom = parse_custom(line.get("custom"))
         yield TextLine(id=line_id, region_id=region_id, polygon=polygon, baseline=baseline,
-                       text=unicode[0] if unicode else None)
+                       text=unicode[0] if unicode else None,
+                       label=custom.get("structure", {}).get("type") or DEFAULT_LINE_LABEL,
+                       score=_score(custom))
 
 
 # --------------------------------------------------------------------------- writing
@@ -229,6 +233,12 @@ def _region_element(region: Region) -> str:
     return kind if kind in REGION_ELEMENTS else "TextRegion"
 
 
+def holds_lines(region: Region) -> bool:
+    """Whether :func:`write_page` writes ``region`` as a TextRegion, the one PAGE region
+    that holds TextLines (its lines are left out otherwise)."""
+    return _region_element(region) == "TextRegion"
+
+
 def page_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
     """Serialise a Page as PAGE 2019-07-15 XML (see :func:`write_page`)."""
     # Namespace declarations as plain attributes: ElementTree's default_namespace option
@@ -245,8 +255,10 @@ def page_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
         "imageFilename": page.image_filename, "imageWidth": str(int(page.width)),
         "imageHeight": str(int(page.height))})
 
-    ids = dict(zip((id(region) for region in page.regions),
-                   _xml_ids([region.id for region in page.regions])))
+    # one xs:ID space for regions and lines (and the reading order group)
+    legal = _xml_ids(["reading_order", *(region.id for region in page.regions),
+                      *(line.id for line in page.lines)])[1:]
+    ids = dict(zip((id(region) for region in page.regions), legal[:len(page.regions)]))
     first_id = {}
     for region in page.regions:
         first_id.setdefault(region.id, ids[id(region)])
@@ -264,8 +276,7 @@ def page_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
     lines_of: Dict[str, List[TextLine]] = {}
     for line in page.lines:
         lines_of.setdefault(line.region_id, []).append(line)
-    line_ids = iter(_xml_ids([line.id for line in page.lines]))
-    written_line_ids = {id(line): next(line_ids) for line in page.lines}
+    written_line_ids = dict(zip((id(line) for line in page.lines), legal[len(page.regions):]))
     for region in page.regions:
         element_name = _region_element(region)
         custom = f"readingOrder {{index:{position[ids[id(region)]]};}} " \
@@ -279,10 +290,11 @@ def page_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
         ET.SubElement(element, "Coords", {"points": _points(region.polygon)})
         if element_name != "TextRegion":
             continue  # only TextRegion may hold TextLines
-        for line in lines_of.pop(region.id, []):
-            if len(line.polygon) < 2:
-                continue  # pc:PointsType needs two points at least
-            line_element = ET.SubElement(element, "TextLine", {"id": written_line_ids[id(line)]})
+        # pc:PointsType needs two points at least
+        written = [line for line in lines_of.pop(region.id, []) if len(line.polygon) >= 2]
+        for index, line in enumerate(written):
+            line_element = ET.SubElement(element, "TextLine", {
+                "id": written_line_ids[id(line)], "custom": _line_custom(line, index)})
             ET.SubElement(line_element, "Coords", {"points": _points(line.polygon)})
             if len(line.baseline) >= 2:
                 ET.SubElement(line_element, "Baseline", {"points": _points(line.baseline)})
@@ -291,6 +303,16 @@ def page_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
                 ET.SubElement(equiv, "Unicode").text = line.text
     ET.indent(root)
     return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
+
+
+def _line_custom(line: TextLine, index: int) -> str:
+    """A TextLine's ``custom``: its index in its region, its class and its score
+    (Transkribus style, as for regions)."""
+    custom = (f"readingOrder {{index:{index};}} "
+              f"structure {{type:{_escape_custom(line.label)};}}")
+    if line.score is not None:
+        custom += f" score {{value:{line.score:.4g};}}"
+    return custom
 
 
 def write_page(page: Page, path: PathLike, created: Optional[datetime] = None) -> None:
@@ -303,7 +325,11 @@ def write_page(page: Page, path: PathLike, created: Optional[datetime] = None) -
     ``Region.score`` goes to ``custom="score {value:...;}"``. The reading order is
     ``page.reading_order``, then the remaining regions in list order. Coordinates are
     rounded to non-negative integers, as the schema requires; ids that are not legal XML
-    ids are rewritten. Text lines are written under their TextRegion. ``created`` (default:
+    ids are rewritten (regions and lines share one id space). Text lines are written under
+    their TextRegion (:func:`holds_lines`; lines of other regions, and lines of fewer than
+    two points, are left out) with ``Coords``, ``Baseline`` and ``TextEquiv``, their class
+    in ``custom="structure {type:HeadingLine;}"``, their score in ``custom="score
+    {value:...;}"`` and their index in the region in ``readingOrder``. ``created`` (default:
     now) stamps Metadata's Created and LastChange, in UTC; a fixed one makes the file
     byte-identical run after run.
     """

@@ -20,6 +20,7 @@ from typing import (Callable, Dict, Iterable, Iterator, List, Mapping, Optional,
 from xml.etree import ElementTree as ET
 from xml.parsers import expat
 
+import numpy as np
 import shapely
 from PIL import Image
 from shapely.geometry import Polygon, box
@@ -62,8 +63,13 @@ class RepairReport:
         clipped: outlines cut at the page border.
         dropped: regions whose class the class map drops.
         size_from_image: pages whose size came from the image, not the XML attributes.
+        duplicate_ids: regions kept with the id of an earlier region of their page (the
+            writers give them a new id).
         classes: regions kept, per class.
-        notes: one line per skipped or repaired region or line, ``FILE: region ID: what``.
+        found: regions per class as the files name them (sub-types folded when asked),
+            before the class map; dropped and skipped ones too.
+        notes: one line per skipped, repaired or duplicate region or line, ``FILE: region ID:
+            what``.
     """
 
     pages: int = 0
@@ -72,18 +78,22 @@ class RepairReport:
     clipped: int = 0
     dropped: int = 0
     size_from_image: int = 0
+    duplicate_ids: int = 0
     classes: Counter = field(default_factory=Counter)
+    found: Counter = field(default_factory=Counter)
     notes: List[str] = field(default_factory=list)
 
     def note(self, path: PathLike, message: str) -> None:
         self.notes.append(f"{path}: {message}")
 
     def summary(self) -> str:
-        """One line: pages, regions per class, repaired, clipped, skipped, dropped."""
+        """One line: pages, regions per class, repaired, clipped, skipped, dropped,
+        duplicate ids."""
         per_class = ", ".join(f"{name} {count}" for name, count in sorted(self.classes.items()))
         return (f"{self.pages} pages, {sum(self.classes.values())} regions ({per_class or 'none'}); "
                 f"repaired {self.repaired}, clipped {self.clipped}, skipped {self.skipped}, "
-                f"dropped by the class map {self.dropped}, size from image {self.size_from_image}")
+                f"dropped by the class map {self.dropped}, size from image "
+                f"{self.size_from_image}, duplicate region ids {self.duplicate_ids}")
 
     def lines(self, verbosity: int = 1) -> List[str]:
         """What a tool prints: nothing (``verbosity`` 0), the first :data:`MAX_NOTES_SHOWN`
@@ -245,6 +255,25 @@ def map_label(label: str, class_map: Optional[ClassMap] = None,
     return label
 
 
+def unused_class_options(found: Iterable[str], kept: Iterable[str],
+                         class_map: Optional[ClassMap], classes: Optional[Sequence[str]]
+                         ) -> Optional[str]:
+    """What of the class options the data never uses, in one line (None: all are used):
+    ``class_map`` keys (``*`` aside) that match none of the ``found`` classes (as the
+    data names them, sub-types folded when asked), and ``classes`` that no kept region
+    has (the model would never see one)."""
+    found, kept = set(found), set(kept)
+    keys = [key for key in class_map or {} if key != ANY_CLASS and key not in found]
+    absent = [name for name in classes or () if name not in kept]
+    problems = []
+    if keys:
+        problems.append(f"--class-map {', '.join(keys)}: no class of the data has this name "
+                        f"(its classes: {', '.join(sorted(found)) or 'none'})")
+    if absent:
+        problems.append(f"--classes {', '.join(absent)}: no page has this class")
+    return "; ".join(problems) or None
+
+
 def check_elements(elements: Optional[Sequence[str]]) -> None:
     """Raise InputError for a region element name neither PAGE nor ALTO has."""
     unknown = [name for name in elements or ()
@@ -265,7 +294,15 @@ def clean_polygon(points: Sequence[Point], width: int, height: int
     valid and its largest polygon kept (a region is one polygon; for the usual loops and
     folds the other parts are slivers). Points outside ``[0, width-1] x [0, height-1]``
     are clipped to the page. Untouched outlines keep their points as they were.
+    Coordinates too large for shapely's arithmetic (1e300) raise no RuntimeWarning: the
+    readers raise no warnings, their notes say what was done.
     """
+    with np.errstate(all="ignore"):
+        return _clean_polygon(points, width, height)
+
+
+def _clean_polygon(points: Sequence[Point], width: int, height: int
+                   ) -> Tuple[Optional[List[Point]], bool, bool]:
     if len(points) > 1 and points[0] == points[-1]:
         points = points[:-1]
     if len(set(points)) < 3:
@@ -303,7 +340,9 @@ def admit_region(label: str, outline: Callable[[], List[Point]], region_id: str,
     """(class, repaired outline) of a region, or None when the class map drops it or its
     outline is unusable; counts and notes what was done in ``report``. ``outline()``
     reads the points (ValueError: unreadable)."""
-    label = map_label(label, class_map, fold_subtypes)
+    label = main_type(label) if fold_subtypes else label
+    report.found[label] += 1
+    label = map_label(label, class_map)
     if not label:
         report.dropped += 1
         return None
@@ -327,6 +366,18 @@ def admit_region(label: str, outline: Callable[[], List[Point]], region_id: str,
                                     ("clipped to the page", clipped)) if done))
     report.classes[label] += 1
     return label, polygon
+
+
+def count_duplicate_ids(region_ids: Sequence[str], report: RepairReport, path: PathLike) -> None:
+    """Count and note in ``report`` each of a page's kept regions whose id an earlier one
+    has: the reading order and text lines cannot tell them apart, the writers rename them."""
+    seen = set()
+    for region_id in region_ids:
+        if region_id in seen:
+            report.duplicate_ids += 1
+            report.note(path, f"region {region_id}: the id of an earlier region of the page "
+                              "(written under a new id)")
+        seen.add(region_id)
 
 
 # ------------------------------------------------------------------ image and size

@@ -10,10 +10,12 @@ split is DATA/val, or ``val_fraction`` of the train pages drawn by ``seed``.
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Sequence
 
 from maskdla.data.dataset import Dataset
+from maskdla.data.reading import unused_class_options
 from maskdla.data.synthetic import default_corpus
 from maskdla.errors import InputError
 
@@ -54,7 +56,7 @@ def run_dataset(config: "TrainConfig", split: str, *, train: bool = False,
         annotations = given or config.test_ann
         images = getattr(config, f"{split}_images") if given else config.test_images
         return Dataset.from_coco(annotations, images, **options)
-    return Dataset.from_folder(_root(config), split, **options)
+    return Dataset.from_folder(_root(config), split, instances=config.task, **options)
 
 
 def _root(config: "TrainConfig") -> Path:
@@ -65,14 +67,21 @@ def _root(config: "TrainConfig") -> Path:
 
 def run_data(config: "TrainConfig") -> RunData:
     """The run's splits; val and test use the train set's class order. InputError when
-    the training split has no class left to learn."""
+    the training split has no class left to learn; a warning on stderr when a
+    ``class_map`` key or a listed class matches nothing in it."""
     train_set = run_dataset(config, "train", train=True)
     if not train_set.classes:
         source = config.train_ann or _root(config) / "train"
         why = ("--class-map drops every class of the data" if config.class_map else
-               "its pages have no regions")
+               f"its pages have no {'text lines' if config.task == 'lines' else 'regions'}")
         raise InputError(f"no class is left to train: {why}; a model needs at least one "
                          "class besides the background", source)
+    kept = {train_set.classes[a["category_id"] - 1] for a in train_set.coco["annotations"]}
+    unused = unused_class_options(train_set.found_classes, kept, config.class_map,
+                                  config.classes)
+    if unused:
+        print(f"maskdla: warning: {config.train_ann or _root(config) / 'train'}: {unused}",
+              file=sys.stderr)
     test_set = run_dataset(config, "test", classes=train_set.classes)
     folder = _root(config) / "val" if not (config.train_ann or config.test_ann) else None
     if folder is not None and folder.is_dir():

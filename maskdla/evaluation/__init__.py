@@ -6,6 +6,8 @@
 - :mod:`.layout`: layout metrics (region F1 with merges and splits, pixel IoU, reading
   order); :mod:`.layout_inputs` builds their inputs;
 - :mod:`.proposals`: per-class recall of the RPN's proposals (is a class proposed at all?);
+- :mod:`.lines`: text-line metrics on pages: baseline P/R/F1 (READ-BAD / cBAD scheme) and
+  line-polygon IoU F1;
 - :mod:`.evaluate`: :func:`predict_coco_results` and :func:`evaluate` over a Dataset
   (batched, one shard per rank under DDP).
 

@@ -3,10 +3,12 @@
 * :func:`find_images` lists the images of files and folders (``recursive``: the whole
   tree), each with its place in the output tree (its path below the input folder);
 * :class:`PageImages` decodes them in DataLoader workers (a failed decode is a record,
-  not an exception, so one broken scan never stops the loader);
-* :func:`predict_collection` runs the model batch by batch, writes each page with the
-  writers of :data:`WRITERS` (``OUT/<mirrored folders>/page/STEM.xml``, ``.../alto/``),
-  skips finished pages on request and records every page for the manifest.
+  not an exception, so one broken scan never stops the loader), at each model's size;
+* :func:`predict_collection` runs the model (or the region and line models of a
+  :class:`~maskdla.prediction.pipeline.PagePipeline`) batch by batch, writes each page
+  with the writers of :data:`WRITERS` (``OUT/<mirrored folders>/page/STEM.xml``,
+  ``.../alto/``), skips finished pages on request and records every page for the
+  manifest (regions, lines and the line detections dropped, by reason).
 """
 from __future__ import annotations
 
@@ -29,11 +31,13 @@ from maskdla.data.pagexml import write_page
 from maskdla.errors import InputError
 from maskdla.files import remove_stale_temporaries
 from maskdla.prediction.overlay import save_overlay
+from maskdla.prediction.pipeline import (ModelDetections, PagePipeline, PredictedPage, Size,
+                                         model_task)
 from maskdla.prediction.predictor import (IMAGE_SUFFIXES, Predictor, load_image,
                                           page_to_coco_results)
 
 __all__ = ["InputImage", "find_images", "PageImages", "LoadedPage", "collate_pages",
-           "WRITERS", "check_formats", "PageRecord", "predict_collection"]
+           "WRITERS", "check_formats", "PageRecord", "as_pipeline", "predict_collection"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -115,11 +119,12 @@ class LoadedPage(NamedTuple):
 
     Attributes:
         index: its position in the list of images.
-        image: Float[3, h, w] in [0, 1] at the model's size (None when it failed).
+        image: Float[3, h, w] in [0, 1] at the (first) model's size (None when it failed).
         original: (H0, W0) displayed size of the file.
         name: the file name (PAGE's imageFilename).
         error: the one-line problem, None when decoded.
         seconds: the time decoding took (in its worker).
+        more: the image at each further size of :class:`PageImages` (a second model's).
     """
 
     index: int
@@ -128,17 +133,27 @@ class LoadedPage(NamedTuple):
     name: str
     error: Optional[str]
     seconds: float
+    more: Tuple[torch.Tensor, ...] = ()
+
+    @property
+    def views(self) -> List[torch.Tensor]:
+        """The image at every size, in the order of the sizes."""
+        return [self.image, *self.more] if self.image is not None else []
 
 
 class PageImages(torch.utils.data.Dataset):
     """Image files decoded at the model's size (:func:`maskdla.prediction.load_image`).
 
     An item is a :class:`LoadedPage`; an image that cannot be decoded gives one with
-    ``error`` set instead of raising, so that the DataLoader goes on.
+    ``error`` set instead of raising, so that the DataLoader goes on. ``more_sizes``
+    ((min_size, max_size) of further models) are decoded too, each from the file, so that
+    every model sees the very pixels it was trained on.
     """
 
-    def __init__(self, paths: Sequence[Path], min_size: int, max_size: int):
+    def __init__(self, paths: Sequence[Path], min_size: int, max_size: int,
+                 more_sizes: Sequence[Size] = ()):
         self.paths, self.min_size, self.max_size = list(paths), min_size, max_size
+        self.more_sizes = [tuple(size) for size in more_sizes]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -146,15 +161,18 @@ class PageImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> LoadedPage:
         path = self.paths[index]
         start = time.perf_counter()
+        more: Tuple[torch.Tensor, ...] = ()
         try:
             image, original, name = load_image(path, self.min_size, self.max_size)
+            more = tuple(load_image(path, *size)[0] for size in self.more_sizes)
             error = None
         except InputError as failure:
             image, original, name, error = None, (0, 0), path.name, str(failure)
         except Exception as failure:  # a decoder's own error type: still one page's problem
             image, original, name = None, (0, 0), path.name
             error = f"{path}: cannot read the image ({type(failure).__name__}: {failure})"
-        return LoadedPage(index, image, original, name, error, time.perf_counter() - start)
+        return LoadedPage(index, image, original, name, error, time.perf_counter() - start,
+                          more if error is None else ())
 
 
 def collate_pages(batch: List[LoadedPage]) -> List[LoadedPage]:
@@ -191,7 +209,8 @@ def check_formats(text: str) -> Tuple[str, ...]:
 
 @dataclasses.dataclass
 class PageRecord:
-    """One image of the run, as the manifest lists it."""
+    """One image of the run, as the manifest lists it (``lines``, ``line_classes``,
+    ``dropped`` and ``generated`` with a line model only)."""
 
     file: str
     status: str  # predicted, skipped (finished before) or failed
@@ -199,9 +218,38 @@ class PageRecord:
     seconds: Optional[float] = None
     error: Optional[str] = None
     classes: Dict[str, int] = dataclasses.field(default_factory=dict)
+    lines: Optional[int] = None
+    line_classes: Dict[str, int] = dataclasses.field(default_factory=dict)
+    #: line detections not on the page, by reason
+    dropped: Dict[str, int] = dataclasses.field(default_factory=dict)
+    #: regions made for lines outside every region
+    generated: Optional[int] = None
 
 
-def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: Path, *,
+def as_pipeline(predictor: Union[Predictor, PagePipeline]) -> PagePipeline:
+    """A pipeline as given, or one of a single Predictor: its model's regions, or, for a
+    line model, its lines each in a made region."""
+    if isinstance(predictor, PagePipeline):
+        return predictor
+    if model_task(predictor) == "lines":
+        return PagePipeline(lines=predictor)
+    return PagePipeline(regions=predictor)
+
+
+def _predicted_record(image: InputImage, result: PredictedPage, seconds: float,
+                      has_lines: bool) -> PageRecord:
+    page = result.page
+    record = PageRecord(str(image.path), "predicted", len(page.regions), round(seconds, 4),
+                        classes=dict(Counter(region.label for region in page.regions)))
+    if has_lines:
+        record.lines = len(page.lines)
+        record.line_classes = dict(Counter(line.label for line in page.lines))
+        record.dropped, record.generated = dict(result.dropped), result.generated
+    return record
+
+
+def predict_collection(predictor: Union[Predictor, PagePipeline], images: Sequence[InputImage],
+                       out: Path, *,
                        formats: Sequence[str] = ("page",), batch_size: int = 2,
                        workers: int = 2, skip_existing: bool = False, overlay: bool = False,
                        coco: Optional[List[dict]] = None, progress: bool = True
@@ -209,7 +257,9 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
     """Predict every image and write its outputs; returns one record per image.
 
     Args:
-        predictor: the model and post-processing settings.
+        predictor: the model and post-processing settings (a Predictor, or a
+            :class:`~maskdla.prediction.pipeline.PagePipeline` of a region and a line
+            model; see :func:`as_pipeline`).
         images: from :func:`find_images`.
         out: the output root (the input tree is mirrored below it).
         formats: rows of :data:`WRITERS`.
@@ -220,13 +270,14 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
         overlay: also draw ``<mirrored>/overlay/STEM.jpg``.
         coco: when a list, COCO results of every page are appended to it (image ids: the
             position in ``images`` from 1; a skipped page's are read back from its file in
-            the first of ``formats``).
+            the first of ``formats``); only detected regions, not those made for lines.
 
     A page that fails (decoding, model, post-processing or writing) is recorded as failed
     with its one-line error and reported on stderr; the others go on. Temporary files of
     an earlier run killed mid-write are removed first
     (:func:`maskdla.files.remove_stale_temporaries`).
     """
+    pipeline = as_pipeline(predictor)
     stale = remove_stale_temporaries(out)  # what a killed run (kill -9) left half-written
     if stale:
         print(f"maskdla: {out}: removed {stale} temporary file{'s' if stale > 1 else ''} an "
@@ -238,7 +289,7 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
             records[index] = PageRecord(str(image.path), "skipped")
             if coco is not None:
                 coco.extend(_coco_of_written(image.output(out, formats[0]), index + 1,
-                                             predictor.classes))
+                                             pipeline.classes))
         else:
             todo.append(index)
     bar = tqdm(total=len(todo), unit="page", desc="predict", file=sys.stderr,
@@ -250,25 +301,24 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
         bar.write(f"maskdla: failed: {error}", file=sys.stderr)
 
     loader = torch.utils.data.DataLoader(
-        PageImages([images[index].path for index in todo], predictor.min_size,
-                   predictor.max_size),
+        PageImages([images[index].path for index in todo], *pipeline.sizes[0],
+                   more_sizes=pipeline.sizes[1:]),
         batch_size=batch_size, num_workers=workers, collate_fn=collate_pages,
-        pin_memory=predictor.device.type == "cuda", prefetch_factor=2 if workers else None)
+        pin_memory=pipeline.device.type == "cuda", prefetch_factor=2 if workers else None)
     pending: List[Tuple[int, LoadedPage, float, "concurrent.futures.Future"]] = []
 
     def finish(count: int) -> None:
         """Collect the first ``count`` pages being post-processed, in order."""
         for index, loaded, model_share, future in pending[:count]:
-            error, page, seconds = future.result()
+            error, result, seconds = future.result()
             seconds += loaded.seconds + model_share
             if error is not None:
                 fail(index, error, seconds)
             else:
-                records[index] = PageRecord(
-                    str(images[index].path), "predicted", len(page.regions), round(seconds, 4),
-                    classes=dict(Counter(region.label for region in page.regions)))
+                records[index] = _predicted_record(images[index], result, seconds,
+                                                   pipeline.lines is not None)
                 if coco is not None:
-                    coco.extend(page_to_coco_results(page, index + 1, predictor.classes))
+                    coco.extend(page_to_coco_results(result.page, index + 1, pipeline.classes))
             bar.update(1)
         del pending[:count]
 
@@ -283,7 +333,7 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
             batch = [loaded for loaded in batch if loaded.error is None]
             start = time.perf_counter()
             try:
-                detections = predictor.detect([loaded.image for loaded in batch])
+                detections = pipeline.detect([loaded.views for loaded in batch])
             except Exception as error:  # e.g. out of memory on a huge page: this batch only
                 for loaded in batch:
                     path = images[todo[loaded.index]].path
@@ -296,7 +346,7 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
             for loaded, detection in zip(batch, detections):
                 index = todo[loaded.index]
                 pending.append((index, loaded, model_share, post.submit(
-                    _post_process, predictor, images[index], loaded, detection, out, formats,
+                    _post_process, pipeline, images[index], loaded, detection, out, formats,
                     overlay)))
             finish(previous)
         finish(len(pending))
@@ -304,18 +354,19 @@ def predict_collection(predictor: Predictor, images: Sequence[InputImage], out: 
     return [record for record in records if record is not None]
 
 
-def _post_process(predictor: Predictor, image: InputImage, loaded: LoadedPage,
-                  detection: Dict[str, torch.Tensor], out: Path, formats: Sequence[str],
-                  overlay: bool) -> Tuple[Optional[str], Optional[Page], float]:
-    """:func:`_write_outputs` -> (one-line error or None, page, seconds); never raises."""
+def _post_process(pipeline: PagePipeline, image: InputImage, loaded: LoadedPage,
+                  detection: Dict[str, ModelDetections], out: Path, formats: Sequence[str],
+                  overlay: bool) -> Tuple[Optional[str], Optional[PredictedPage], float]:
+    """:func:`_write_outputs` -> (one-line error or None, the predicted page, seconds);
+    never raises."""
     start = time.perf_counter()
     try:
-        page = _write_outputs(predictor, image, loaded, detection, out, formats, overlay)
+        result = _write_outputs(pipeline, image, loaded, detection, out, formats, overlay)
     except Exception as error:
         message = str(error) if isinstance(error, InputError) else (
             f"{image.path}: {type(error).__name__}: {error}")
         return message.splitlines()[0], None, time.perf_counter() - start
-    return None, page, time.perf_counter() - start
+    return None, result, time.perf_counter() - start
 
 
 def _outputs(image: InputImage, out: Path, formats: Sequence[str], overlay: bool
@@ -328,18 +379,18 @@ def _finished(image: InputImage, out: Path, formats: Sequence[str], overlay: boo
     return all(path.is_file() for path in _outputs(image, out, formats, overlay))
 
 
-def _write_outputs(predictor: Predictor, image: InputImage, loaded: LoadedPage,
-                   detection: Dict[str, torch.Tensor], out: Path, formats: Sequence[str],
-                   overlay: bool) -> Page:
+def _write_outputs(pipeline: PagePipeline, image: InputImage, loaded: LoadedPage,
+                   detection: Dict[str, ModelDetections], out: Path, formats: Sequence[str],
+                   overlay: bool) -> PredictedPage:
     """Post-process one page and write its files; the overlay last, so that a page whose
     files all exist is a finished page."""
-    page = predictor.to_page(detection, tuple(loaded.image.shape[-2:]), loaded.original,
-                             loaded.name)
+    result = pipeline.to_result(detection, loaded.original, loaded.name)
     for kind in formats:
-        WRITERS[kind](page, image.output(out, kind))
+        WRITERS[kind](result.page, image.output(out, kind))
     if overlay:
-        save_overlay(image.path, page, predictor.classes, image.output(out, "overlay", ".jpg"))
-    return page
+        save_overlay(image.path, result.page, pipeline.classes,
+                     image.output(out, "overlay", ".jpg"), line_classes=pipeline.line_classes)
+    return result
 
 
 def _coco_of_written(written: Path, image_id: int, classes: Sequence[str]) -> List[dict]:

@@ -1,9 +1,11 @@
 """Predicted regions drawn over the page image (``python -m maskdla.predict --overlay``).
 
 Each region is filled with its class colour, translucent, and outlined in the opaque
-colour; a legend in the top-right corner names the classes (with their region counts).
-The study's colours are fixed: drop-capital blue, staff red, lyrics green; other classes
-take the next colour of :data:`PALETTE` in the order of the model's class list.
+colour; each text line is outlined thinly and its baseline drawn thick in its line
+class's colour; a legend in the top-right corner names the classes (with their region and
+line counts). The study's colours are fixed: drop-capital blue, staff red, lyrics green;
+other classes (region classes, then line classes) take the next colour of :data:`PALETTE`
+in the order of the models' class lists.
 """
 from __future__ import annotations
 
@@ -55,18 +57,21 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def draw_overlay(image: Image.Image, page: Page, classes: Sequence[str] = ()) -> Image.Image:
-    """The page's regions drawn over ``image`` (any mode; converted to RGB).
+def draw_overlay(image: Image.Image, page: Page, classes: Sequence[str] = (),
+                 line_classes: Sequence[str] = ()) -> Image.Image:
+    """The page's regions, text lines and baselines drawn over ``image`` (any mode;
+    converted to RGB).
 
     Polygons are in the page's pixels; an image of another size (e.g. a thumbnail) gets
-    them scaled. ``classes`` fixes the palette order (default: labels in order of
-    appearance). Returns a new RGB image.
+    them scaled. ``classes`` and ``line_classes`` fix the palette order (default: labels
+    in order of appearance). Returns a new RGB image.
     """
     base = to_rgb(image).convert("RGBA")  # 16-bit grey scaled, not clipped to white
     scale_x = base.width / page.width if page.width else 1.0
     scale_y = base.height / page.height if page.height else 1.0
     labels = list(dict.fromkeys(list(classes) + [region.label for region in page.regions]))
-    colours = class_colours(labels)
+    line_labels = list(dict.fromkeys(list(line_classes) + [line.label for line in page.lines]))
+    colours = class_colours(list(dict.fromkeys(labels + line_labels)))
     line_width = max(2, round(min(base.size) / 600))
 
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
@@ -82,19 +87,39 @@ def draw_overlay(image: Image.Image, page: Page, classes: Sequence[str] = ()) ->
         if len(points) >= 3:
             draw.line(points + points[:1], fill=colours[region.label] + (255,),
                       width=line_width, joint="curve")
+    _draw_lines(draw, page, colours, (scale_x, scale_y), line_width)
 
     counts: Dict[str, int] = {}
     for region in page.regions:
         counts[region.label] = counts.get(region.label, 0) + 1
-    shown = [label for label in labels if label in counts or label in classes]
-    if shown:
-        _draw_legend(draw, composed.size, [(label, colours[label], counts.get(label, 0))
-                                           for label in shown])
+    line_counts: Dict[str, int] = {}
+    for line in page.lines:
+        line_counts[line.label] = line_counts.get(line.label, 0) + 1
+    entries = [(label, colours[label], f"{counts.get(label, 0)}") for label in labels
+               if label in counts or label in classes]
+    entries += [(label, colours[label], f"{line_counts.get(label, 0)} lines")
+                for label in line_labels if label in line_counts or label in line_classes]
+    if entries:
+        _draw_legend(draw, composed.size, entries)
     return composed.convert("RGB")
 
 
+def _draw_lines(draw: ImageDraw.ImageDraw, page: Page, colours: Dict[str, Colour],
+                scale: Tuple[float, float], width: int) -> None:
+    """Each text line's polygon, thin, and its baseline, at the regions' outline width,
+    in its line class's colour."""
+    for line in page.lines:
+        colour = colours[line.label] + (255,)
+        outline = [(x * scale[0], y * scale[1]) for x, y in line.polygon]
+        if len(outline) >= 3:
+            draw.line(outline + outline[:1], fill=colour, width=max(1, width // 2))
+        baseline = [(x * scale[0], y * scale[1]) for x, y in line.baseline]
+        if len(baseline) >= 2:
+            draw.line(baseline, fill=colour, width=width, joint="curve")
+
+
 def _draw_legend(draw: ImageDraw.ImageDraw, size: Tuple[int, int],
-                 entries: Sequence[Tuple[str, Colour, int]]) -> None:
+                 entries: Sequence[Tuple[str, Colour, str]]) -> None:
     """A white box in the top-right corner: one swatch and ``name (count)`` per class."""
     font_size = max(12, round(min(size) / 60))
     font = _font(font_size)
@@ -115,7 +140,8 @@ def _draw_legend(draw: ImageDraw.ImageDraw, size: Tuple[int, int],
 
 
 def save_overlay(image_path: PathLike, page: Page, classes: Sequence[str],
-                 out_path: PathLike, quality: int = 90) -> None:
+                 out_path: PathLike, quality: int = 90, line_classes: Sequence[str] = ()
+                 ) -> None:
     """Draw the page over the image file ``image_path`` as displayed (EXIF orientation
     applied) and write ``out_path`` atomically (JPEG for .jpg/.jpeg, else by suffix, e.g.
     PNG).
@@ -124,7 +150,7 @@ def save_overlay(image_path: PathLike, page: Page, classes: Sequence[str],
         InputError: the image cannot be read.
     """
     # the page as displayed: the PAGE file's size and polygons refer to it
-    overlay = draw_overlay(read_displayed_rgb(image_path), page, classes)
+    overlay = draw_overlay(read_displayed_rgb(image_path), page, classes, line_classes)
     suffix = Path(out_path).suffix.lower()
     buffer = io.BytesIO()
     if suffix in (".jpg", ".jpeg"):

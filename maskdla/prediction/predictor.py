@@ -10,8 +10,9 @@ The pipeline per page (see docs/prediction.md):
    backbone on CUDA): boxes, labels, scores and each detection's 28 x 28 mask
    probabilities, never pasted into the page;
 3. :mod:`maskdla.prediction.vectorize` traces the masks into polygons at the original resolution
-   (one region per connected component, holes dropped, simplified, clipped to the page),
-   merges overlapping regions and orders them top to bottom, left to right;
+   (one region per connected component, holes dropped, simplified, clipped to the page)
+   and merges overlapping regions; :mod:`maskdla.prediction.order` orders them by layout
+   (columns left to right, running titles first, margins after their column);
 4. :func:`maskdla.data.pagexml.write_page` writes the PAGE file.
 """
 from __future__ import annotations
@@ -33,8 +34,8 @@ from maskdla.data.resize import training_size
 from maskdla.errors import InputError
 from maskdla.inference import resolve_device
 from maskdla.prediction.engines import ENGINES
-from maskdla.prediction.vectorize import (instance_masks_to_polygons, merge_overlaps,
-                                         reading_order, snap_to_pixels)
+from maskdla.prediction.order import layout_reading_order
+from maskdla.prediction.vectorize import instance_masks_to_polygons, merge_overlaps, snap_to_pixels
 
 __all__ = ["Predictor", "detections_to_page", "page_to_coco_results", "load_image",
            "IMAGE_SUFFIXES"]
@@ -76,7 +77,8 @@ def detections_to_page(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
             :func:`maskdla.prediction.vectorize.instance_masks_to_polygons`.
 
     Returns:
-        The page; region ids ``r1, r2, ...`` in reading order (also ``reading_order``),
+        The page; region ids ``r1, r2, ...`` in reading order
+        (:func:`maskdla.prediction.order.layout_reading_order`; also ``reading_order``),
         ``kind`` TextRegion, ``label`` the class name, ``score`` the detection's score,
         ``polygon`` integer points (:func:`maskdla.prediction.vectorize.snap_to_pixels`: what the
         PAGE file holds; regions thinner than a pixel disappear).
@@ -100,7 +102,8 @@ def detections_to_page(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
     snapped = snap_to_pixels([polygon for polygon, _, _ in merged], (height, width))
     merged = [(polygon, label, score) for polygon, (_, label, score) in zip(snapped, merged)
               if polygon is not None]
-    order = reading_order([polygon for polygon, _, _ in merged])
+    order = layout_reading_order([polygon for polygon, _, _ in merged],
+                                 [label for _, label, _ in merged])
     page = Page(image_filename=image_filename, width=width, height=height)
     for number, index in enumerate(order, 1):
         polygon, label, score = merged[index]
@@ -128,12 +131,15 @@ def page_to_coco_results(page: Page, image_id: int, classes: Sequence[str]) -> L
     Each region: ``image_id``, ``file_name`` (the page's image file name, to map the ids
     onto a ground truth), ``category_id`` (label: ``classes.index(label) + 1``), ``score``,
     ``bbox`` ``[x, y, w, h]`` of the polygon and ``segmentation`` (compressed RLE of the
-    polygon at the page's size).
+    polygon at the page's size). Regions without a score are no model's detections (the
+    regions made for text lines outside every region) and are left out.
     """
     from pycocotools import mask as mask_utils  # only the --coco path needs it
 
     results = []
     for region in page.regions:
+        if region.score is None:
+            continue
         flat = [coordinate for point in region.polygon for coordinate in point]
         rle = mask_utils.merge(mask_utils.frPyObjects([flat], page.height, page.width))
         xs = [x for x, _ in region.polygon]
@@ -141,7 +147,7 @@ def page_to_coco_results(page: Page, image_id: int, classes: Sequence[str]) -> L
         results.append({
             "image_id": int(image_id), "file_name": page.image_filename,
             "category_id": list(classes).index(region.label) + 1,
-            "score": float(region.score if region.score is not None else 1.0),
+            "score": float(region.score),
             "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
             "segmentation": {"size": [page.height, page.width],
                              "counts": rle["counts"].decode("ascii")}})
