@@ -50,6 +50,12 @@ SHIPPED: Dict[str, ShippedModel] = {
         "2c403f2f04076d275b20ad9f5f7da850e937138fd6c8c8ff8d392895812dcd45",
         "vovnet19slim, five SegmOnto zones (MainZone, DropCapitalZone, MarginTextZone, "
         "NumberingZone, RunningTitleZone), trained on 755 real pages of 13 public corpora"),
+    "segmonto-lines": ShippedModel(
+        "segmonto-lines.safetensors",
+        "5105af30409ab5d9a9363a569b63ea76d7427c5f216963550b43996665421ad5",
+        "vovnet19slim line model (--task lines): text-line polygons and baselines of "
+        "DefaultLine, HeadingLine, InterlinearLine; segmonto-base fine-tuned on the 209 "
+        "HTRomance training pages"),
 }
 
 

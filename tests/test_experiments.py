@@ -270,7 +270,8 @@ def test_htromance_file_forms():
     from maskdla.config import TrainConfig
 
     experiments = {e.name: e for e in resolve_experiments(EXPERIMENTS / "htromance.toml")}
-    assert list(experiments) == ["cpu_vovnet19slim", "gpu_resnet50", "gpu_vovnet39"]
+    assert list(experiments) == ["cpu_vovnet19slim", "cpu_finetune", "gpu_resnet50",
+                                 "gpu_vovnet39"]
     zones = ["MainZone", "DropCapitalZone", "MarginTextZone", "NumberingZone",
              "RunningTitleZone"]
     for experiment in experiments.values():
@@ -286,6 +287,30 @@ def test_htromance_file_forms():
         gpu = TrainConfig.from_dict(experiments[name].config)
         assert (gpu.backbone, gpu.min_size, gpu.max_size, gpu.epochs, gpu.lr) == (
             backbone, [800], 1333, 275, 0.02)
+    # the fine-tuning form: the CPU form's budget and sizes, from the base model, half the LR
+    finetune = TrainConfig.from_dict(experiments["cpu_finetune"].config)
+    assert (finetune.init_from, finetune.lr, finetune.epochs, finetune.min_size,
+            finetune.rois_per_image) == ("segmonto-base", 0.01, 5, cpu.min_size, 128)
+
+
+def test_the_line_benchmark_and_the_fine_tuning_file_are_valid_runs():
+    """experiments/htromance_lines.toml trains text lines (every line type kept or folded
+    into DefaultLine, pages of 60+ lines); experiments/finetune.toml fine-tunes the base
+    model on a folder given with --set data=."""
+    from maskdla.config import TrainConfig
+
+    lines = {e.name: TrainConfig.from_dict(e.config)
+             for e in resolve_experiments(EXPERIMENTS / "htromance_lines.toml")}
+    assert list(lines) == ["cpu_lines", "gpu_lines"]
+    for config in lines.values():
+        assert config.task == "lines" and config.detections_per_image == 300
+        assert config.classes == ["DefaultLine", "HeadingLine", "InterlinearLine"]
+        assert config.class_map["*"] == "DefaultLine"
+    assert lines["cpu_lines"].init_from == "segmonto-base"
+    (finetune,) = resolve_experiments(EXPERIMENTS / "finetune.toml")
+    config = TrainConfig.from_dict(finetune.config)
+    assert (config.init_from, config.backbone, config.lr, config.fold_subtypes) == (
+        "segmonto-base", "vovnet19slim", 0.01, True)
 
 
 def test_the_base_model_file_trains_the_benchmark_zones_on_the_base_corpus_only():

@@ -484,3 +484,21 @@ def test_cli_with_a_line_model_alone_and_its_errors(region_checkpoint, line_chec
         with pytest.raises(InputError, match=message):
             main([*arguments[:1], str(scans), "--out", str(tmp_path / "bad"), *arguments[1:]])
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_shipped_line_model_finds_the_lines_of_a_real_page():
+    """segmonto-lines, by name, on a real HTRomance test page (a page it never trained
+    on): most ground-truth baselines are found, each inside a region, in a valid page."""
+    from maskdla.data.alto import read_alto
+    from maskdla.evaluation.lines import page_line_metrics
+
+    root = next((path for path in REAL if path.is_dir()), None)
+    if root is None:
+        pytest.skip("../shared/realdata/htromance is not there")
+    truth_path = sorted((root / "test").glob("*.xml"))[10]
+    truth = read_alto(truth_path)
+    page = PagePipeline(lines=Predictor("segmonto-lines", device="cpu")).predict(
+        truth_path.with_suffix(".jpg"))
+    assert len(page.lines) >= 0.8 * len(truth.lines)
+    assert {line.region_id for line in page.lines} <= {region.id for region in page.regions}
+    assert page_line_metrics(truth, page)["baseline_f1"] > 70
