@@ -214,17 +214,8 @@ def align_baselines(scores: np.ndarray) -> List[Tuple[int, int]]:
     """The paper's one-to-one alignment of a Float[P, G] coverage matrix (prediction p's
     points covered by truth line g): greedy, highest first, zeros never (ties: the earlier
     prediction, then the earlier truth line). Returns ``(prediction, truth)`` pairs."""
-    predicted_index, truth_index = np.nonzero(scores > 0)
-    values = scores[predicted_index, truth_index]
-    order = np.lexsort((truth_index, predicted_index, -values))
-    used_predicted, used_truth, pairs = set(), set(), []
-    for k in order.tolist():
-        p, g = int(predicted_index[k]), int(truth_index[k])
-        if p not in used_predicted and g not in used_truth:
-            used_predicted.add(p)
-            used_truth.add(g)
-            pairs.append((p, g))
-    return pairs
+    # the regions' greedy matching with rows = predictions, from the smallest coverage
+    return match_regions(scores, match_iou=float(np.finfo(np.float64).tiny))
 
 
 def baseline_scores(truth: Sequence[np.ndarray], predicted: Sequence[np.ndarray],
