@@ -21,7 +21,7 @@ import shapely
 from shapely.geometry import LineString, Polygon
 
 from maskdla.data.page import Point, TextLine
-from maskdla.prediction.vectorize import instance_masks_to_polygons, snap_to_pixels
+from maskdla.prediction.vectorize import as_numpy, scored_mask_polygons, snap_to_pixels
 
 __all__ = ["BASELINE_POSITION", "polygon_baseline", "lines_from_detections"]
 
@@ -101,13 +101,12 @@ def lines_from_detections(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
         ``dropped`` counts detections that gave no line, by reason (``"empty mask"``).
         Detections below ``score_thresh`` are not lines and are not counted.
     """
-    scores = np.asarray(_numpy(scores), dtype=np.float64).reshape(-1)
-    labels = np.asarray(_numpy(labels)).reshape(-1)
-    keep = np.nonzero(scores >= score_thresh)[0]
-    height, width = int(image_size[0]), int(image_size[1])
-    components = instance_masks_to_polygons(
-        _numpy(mask_probs)[keep], _numpy(boxes)[keep], (height, width), level=mask_thresh,
+    scores = np.asarray(as_numpy(scores), dtype=np.float64).reshape(-1)
+    labels = np.asarray(as_numpy(labels)).reshape(-1)
+    keep, components = scored_mask_polygons(
+        boxes, scores, mask_probs, image_size, score_thresh=score_thresh, level=mask_thresh,
         tolerance=tolerance, largest_only=True)
+    height, width = int(image_size[0]), int(image_size[1])
     lines: List[TextLine] = []
     dropped: Dict[str, int] = {}
     for detection, parts in zip(keep.tolist(), components):
@@ -124,8 +123,3 @@ def lines_from_detections(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
             label=classes[int(labels[detection]) - 1], score=float(scores[detection])))
     return lines, dropped
 
-
-def _numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().float().cpu() if value.is_floating_point() else value.cpu()
-    return np.asarray(value)

@@ -35,7 +35,8 @@ from maskdla.errors import InputError
 from maskdla.inference import resolve_device
 from maskdla.prediction.engines import ENGINES
 from maskdla.prediction.order import layout_reading_order
-from maskdla.prediction.vectorize import instance_masks_to_polygons, merge_overlaps, snap_to_pixels
+from maskdla.prediction.vectorize import (as_numpy, merge_overlaps, scored_mask_polygons,
+                                         snap_to_pixels)
 
 __all__ = ["Predictor", "detections_to_page", "page_to_coco_results", "load_image",
            "IMAGE_SUFFIXES"]
@@ -83,13 +84,12 @@ def detections_to_page(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
         ``polygon`` integer points (:func:`maskdla.prediction.vectorize.snap_to_pixels`: what the
         PAGE file holds; regions thinner than a pixel disappear).
     """
-    scores = np.asarray(_numpy(scores), dtype=np.float64).reshape(-1)
-    labels = np.asarray(_numpy(labels), dtype=np.int64).reshape(-1)
-    keep = np.nonzero(scores >= score_thresh)[0]
-    height, width = int(image_size[0]), int(image_size[1])
-    components = instance_masks_to_polygons(
-        _numpy(mask_probs)[keep], _numpy(boxes)[keep], (height, width), level=mask_thresh,
+    scores = np.asarray(as_numpy(scores), dtype=np.float64).reshape(-1)
+    labels = np.asarray(as_numpy(labels), dtype=np.int64).reshape(-1)
+    keep, components = scored_mask_polygons(
+        boxes, scores, mask_probs, image_size, score_thresh=score_thresh, level=mask_thresh,
         tolerance=tolerance, min_area=min_area, largest_only=largest_only)
+    height, width = int(image_size[0]), int(image_size[1])
     polygons, names, region_scores = [], [], []
     for detection, parts in zip(keep.tolist(), components):
         for polygon in parts:
@@ -113,16 +113,6 @@ def detections_to_page(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
                                    polygon=points, score=score))
     page.reading_order = [region.id for region in page.regions]
     return page
-
-
-def _numpy(value: Any) -> np.ndarray:
-    """A tensor (any device or dtype) or array-like as a numpy array (float16 -> float32)."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        if value.dtype in (torch.float16, torch.bfloat16):
-            value = value.float()
-        return value.numpy()
-    return np.asarray(value)
 
 
 def page_to_coco_results(page: Page, image_id: int, classes: Sequence[str]) -> List[dict]:

@@ -24,7 +24,7 @@ mask is part of that filled area and not a region of its own).
 """
 from __future__ import annotations
 
-from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import shapely
@@ -32,6 +32,8 @@ from shapely.geometry import Polygon
 
 __all__ = [
     "Contours",
+    "as_numpy",
+    "scored_mask_polygons",
     "trace_contours",
     "mask_to_polygons",
     "instance_masks_to_polygons",
@@ -403,6 +405,42 @@ def mask_to_polygons(mask, *, tolerance: float = 1.0, min_area: float = 0.0,
     return _contours_to_polygons(contours, 1, np.ones((1, 2)), origin,
                                  mask.shape if clip else None, tolerance, min_area,
                                  largest_only)[0]
+
+
+def as_numpy(value: Any) -> np.ndarray:
+    """A tensor (any device or dtype) or array-like as a numpy array (16-bit floats ->
+    float32, which numpy's geometry here wants)."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu()
+        if value.dtype.is_floating_point and value.dtype.itemsize < 4:
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def scored_mask_polygons(boxes: Any, scores: np.ndarray, mask_probs: Any,
+                         image_size: Tuple[int, int], *, score_thresh: float, level: float,
+                         tolerance: float, min_area: float = 0.0, largest_only: bool = False
+                         ) -> Tuple[np.ndarray, List[List[Polygon]]]:
+    """The detections scoring at least ``score_thresh`` and their masks' polygons: the
+    first step from a model's raw detections to regions or to text lines.
+
+    Args:
+        boxes: Float[N, 4] xyxy in original image pixels (tensor or array).
+        scores: Float[N] as a numpy array.
+        mask_probs: Float[N, 1, M, M] or [N, M, M] probabilities (tensor or array).
+        image_size, level, tolerance, min_area, largest_only: as in
+            :func:`instance_masks_to_polygons`.
+
+    Returns:
+        ``(kept, components)``: Int64[K] indices of the kept detections, and for each its
+        connected components (:func:`instance_masks_to_polygons`).
+    """
+    kept = np.nonzero(scores >= score_thresh)[0]
+    height, width = int(image_size[0]), int(image_size[1])
+    return kept, instance_masks_to_polygons(
+        as_numpy(mask_probs)[kept], as_numpy(boxes)[kept], (height, width), level=level,
+        tolerance=tolerance, min_area=min_area, largest_only=largest_only)
 
 
 def instance_masks_to_polygons(mask_probs, boxes, image_size: Tuple[int, int], *,
