@@ -102,6 +102,12 @@ class TrainConfig:
     mask_resolution: int = 28
     #: training augmentation: random brightness and contrast factors in [1 - x, 1 + x] (0: off)
     brightness_contrast: float = 0.0
+    #: class-balanced sampling: pages holding a class present on fewer than this fraction
+    #: of the training pages are repeated (LVIS's repeat-factor sampling; 0: uniform)
+    repeat_threshold: float = 0.0
+    #: regions under this many pixels (sqrt(w x h) at the test size) are "specks": kept out
+    #: of the training targets and ignored (COCO iscrowd) by the evaluation (0: none)
+    min_region_size: float = 0.0
     #: None: bf16 on CUDA cards that support it, else off
     amp: Optional[str] = None
     workers: int = 2
@@ -277,6 +283,10 @@ class TrainConfig:
         if self.mask_resolution not in MASK_RESOLUTIONS:
             raise InputError(f"--mask-resolution {self.mask_resolution}: choose "
                              f"{' or '.join(map(str, MASK_RESOLUTIONS))}")
+        if self.min_region_size < 0:
+            raise InputError(f"--min-region-size must be >= 0, got {self.min_region_size!r}")
+        if not 0 <= self.repeat_threshold <= 1:
+            raise InputError(f"--repeat-threshold must be in [0, 1], got {self.repeat_threshold!r}")
         if not 0 <= self.brightness_contrast < 1:
             raise InputError(f"--brightness-contrast must be in [0, 1), got {self.brightness_contrast!r}")
         if not 0 <= self.val_fraction < 1:

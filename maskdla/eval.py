@@ -26,18 +26,19 @@ The library side is :mod:`maskdla.evaluation`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from maskdla.checkpoint import load_model
-from maskdla.cli import non_negative_int, positive_float, positive_int, run_main
+from maskdla.cli import non_negative_float, non_negative_int, positive_float, positive_int, run_main
 from maskdla.data.coco import folder_to_coco
 from maskdla.data.dataset import Dataset
 from maskdla.data.layout import collect_layout_files, read_layout
 from maskdla.data.page import Page
 from maskdla.data.reading import UnknownClasses
-from maskdla.data.sources import run_dataset
+from maskdla.data.sources import report_specks, run_dataset
 from maskdla.errors import InputError
 from maskdla.evaluation import evaluate, predict_coco_results
 from maskdla.evaluation.coco import coco_metrics, format_table, load_ground_truth, load_results
@@ -81,16 +82,22 @@ def _check_folder_writable(path: Path) -> None:
 def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
     """The data to evaluate on: the flags' or, without them, the run's test data."""
     config = checkpoint["config"]
+    if args.min_region_size is not None:
+        config = dataclasses.replace(config, min_region_size=args.min_region_size)
     classes = list(checkpoint["classes"])
     min_size, max_size = test_size(config)
     options = {"classes": classes, "class_map": config.class_map,
-               "fold_subtypes": config.fold_subtypes, "min_size": min_size, "max_size": max_size}
+               "fold_subtypes": config.fold_subtypes, "min_size": min_size, "max_size": max_size,
+               "min_region_size": config.min_region_size}
     try:
         if not (args.ann or args.data):
             return run_dataset(config, args.split, classes=classes)
         if args.ann:
-            return Dataset.from_coco(args.ann, args.images, **options)
-        return Dataset.from_folder(args.data, split=args.split, **options)
+            dataset = Dataset.from_coco(args.ann, args.images, **options)
+        else:
+            dataset = Dataset.from_folder(args.data, split=args.split, **options)
+        report_specks(dataset, config.min_region_size, args.split)
+        return dataset
     except UnknownClasses as error:  # its advice names training's flags, which eval lacks
         if args.ann:
             source, where = args.ann, ""
@@ -162,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "for the COCO metrics (default: the model's own, 0.05 as "
                              "torchvision; YOLO's validator keeps 0.001). A lower threshold "
                              "lets under-confident classes reach the PR curve")
+    parser.add_argument("--min-region-size", type=non_negative_float, default=None, metavar="PX",
+                        help="ground-truth regions under PX pixels (sqrt(w x h) at the run's "
+                             "test size) are ignored as specks (COCO iscrowd); default the "
+                             "run's --min-region-size (checkpoint evaluation only)")
     parser.add_argument("--proposal-recall", action="store_true",
                         help="CHECKPOINT mode: also measure, per class, the share of regions "
                              "the RPN proposes (best of its top 100/300/1000 proposals at "
@@ -364,10 +375,10 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     _check_line_arguments(parser, args)
     if args.predictions is not None:
         if (args.checkpoint or args.save_results or args.box_score_thresh is not None
-                or args.proposal_recall):
+                or args.proposal_recall or args.min_region_size is not None):
             parser.error("--predictions scores saved predictions against --ann or --data; it "
-                         "takes no CHECKPOINT, --save-results, --box-score-thresh or "
-                         "--proposal-recall")
+                         "takes no CHECKPOINT, --save-results, --box-score-thresh, "
+                         "--proposal-recall or --min-region-size")
         if bool(args.ann) == bool(args.data):
             parser.error("--predictions needs the ground truth: --ann GT.json or --data DIR")
         if args.images and not args.ann:

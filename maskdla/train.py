@@ -294,7 +294,7 @@ def _fit(config: TrainConfig, device: torch.device, context: distributed.Distrib
         run.say(f"resumed from {resume_path} at iteration {run.iteration} "
                 f"(epoch {run.iteration / run.schedule.iterations_per_epoch:g})")
     batches = EpochBatches(data.train, config.batch_size, seed=config.seed, rank=context.rank,
-                           world_size=context.world_size)
+                           world_size=context.world_size, repeat_threshold=config.repeat_threshold)
     loader = build_loader(config, data.train, batches, device, context.rank)
     before = _run_dir_before(run.run_dir)
     _prepare_run_dir(run, fresh=checkpoint is None, train_size=len(data.train))
@@ -932,6 +932,12 @@ def _data_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
     add("--max-size", type=positive_int, default=defaults.max_size, help="cap on the long side")
     add("--brightness-contrast", type=_fraction, default=defaults.brightness_contrast,
         help="augmentation: random brightness and contrast factors in [1 - x, 1 + x] (0: off)")
+    add("--min-region-size", type=non_negative_float, default=defaults.min_region_size,
+        metavar="PX", help="regions under PX pixels (sqrt(w x h) at the test size) are specks: "
+        "left out of the training targets, ignored (COCO iscrowd) by evaluation (0: none)")
+    add("--repeat-threshold", type=non_negative_float, default=defaults.repeat_threshold,
+        help="class-balanced sampling: pages with a class on fewer than this fraction of the "
+             "training pages are repeated (LVIS repeat factors; 0: uniform, the default)")
     add("--workers", type=int, default=defaults.workers, help="data loader worker processes per process")
     add("--cache-images", action="store_true",
         help="keep decoded training images in memory after the first epoch (faster loading, ~3 MB/page/worker)")

@@ -24,7 +24,7 @@ import os
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import (Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union)
+from typing import (Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union)
 
 import numpy as np
 import torch
@@ -313,6 +313,10 @@ class Dataset(torch.utils.data.Dataset):
             (0 = off; 0.2 is mild).
         source: name of the annotation source for messages (the JSON or the folder).
         use_simplejpeg: decode JPEG with simplejpeg where installed (False: through PIL).
+        min_region_size: regions whose sqrt(width x height) at the test size (the last
+            ``min_size``) is under this many pixels are "specks", too small to learn: they
+            are kept out of the targets and marked ``iscrowd`` in :attr:`coco`, which COCO
+            evaluation ignores instead of counting them as misses (0: none).
 
     Attributes:
         classes: class names without background.
@@ -321,6 +325,7 @@ class Dataset(torch.utils.data.Dataset):
         repair_report: what reading the PAGE-XML repaired (:meth:`from_folder`), else None.
         found_classes: instances per class as the data names them (sub-types folded when
             asked), before the class map.
+        specks: regions ignored as specks (``min_region_size``).
 
     Raises:
         InputError: an image file that does not exist, non-integer image ids, bad sizes or
@@ -332,13 +337,16 @@ class Dataset(torch.utils.data.Dataset):
                  min_size: Union[int, Sequence[int]] = 800, max_size: int = 1333,
                  train: bool = False, cache: bool = False, hflip: bool = False,
                  brightness_contrast: float = 0.0, source: Optional[PathLike] = None,
-                 use_simplejpeg: bool = True, fold_subtypes: bool = False):
+                 use_simplejpeg: bool = True, fold_subtypes: bool = False,
+                 min_region_size: float = 0.0):
         self.image_dir = Path(image_dir)
         source_name = str(source if source is not None else self.image_dir)
         sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
         if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes + (max_size,)):
             raise InputError(f"min_size and max_size must be positive integers, got "
                              f"{min_size!r} and {max_size!r}")
+        if min_region_size < 0:
+            raise InputError(f"min_region_size must be >= 0, got {min_region_size}")
         if not 0 <= brightness_contrast < 1:
             raise InputError(f"brightness_contrast must be in [0, 1), got {brightness_contrast}")
         self.min_sizes: Tuple[int, ...] = sizes
@@ -369,13 +377,19 @@ class Dataset(torch.utils.data.Dataset):
                                  "width": int(image["width"]), "height": int(image["height"])})
             self._paths.append(path)
         self._instances: List[List[_Instance]] = [[] for _ in self._images]
+        self.specks = 0
         annotations = []
         for annotation in coco["annotations"]:
             label = label_of[annotation["category_id"]]
             instance = _instance(annotation, label) if label else None
             if instance is None or annotation["image_id"] not in index_of:
                 continue
-            self._instances[index_of[annotation["image_id"]]].append(instance)
+            index = index_of[annotation["image_id"]]
+            if self._is_speck(instance.bbox, self._images[index], min_region_size):
+                self.specks += 1
+                instance.iscrowd = 1
+            else:
+                self._instances[index].append(instance)
             x0, y0, x1, y1 = instance.bbox
             kept = {key: annotation[key] for key in ("segmentation", "area") if key in annotation}
             kept.setdefault("area", (x1 - x0) * (y1 - y0))
@@ -385,6 +399,18 @@ class Dataset(torch.utils.data.Dataset):
         self.coco: Dict[str, Any] = {
             "images": [dict(image) for image in self._images], "annotations": annotations,
             "categories": [{"id": i, "name": name} for i, name in enumerate(self.classes, 1)]}
+
+    def _is_speck(self, bbox: Tuple[float, float, float, float], image: Dict[str, Any],
+                  min_region_size: float) -> bool:
+        """Whether a region (box at original resolution) is under ``min_region_size`` px
+        (sqrt(w x h)) at the test size of its page."""
+        if min_region_size <= 0:
+            return False
+        height, _ = training_size(image["height"], image["width"], self.min_sizes[-1],
+                                  self.max_size)
+        scale = height / image["height"]
+        x0, y0, x1, y1 = bbox
+        return math.sqrt(max(x1 - x0, 0.0) * max(y1 - y0, 0.0)) * scale < min_region_size
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -442,6 +468,10 @@ class Dataset(torch.utils.data.Dataset):
     def image_path(self, index: int) -> Path:
         """The image file of item ``index``."""
         return self._paths[index]
+
+    def image_labels(self) -> List[Set[int]]:
+        """The set of labels (1..C) present on each page, from the annotations."""
+        return [{instance.label for instance in instances} for instances in self._instances]
 
     def aspect_ratios(self) -> List[float]:
         """Width / height of every image, from the annotations (nothing is decoded)."""

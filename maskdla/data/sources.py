@@ -36,7 +36,7 @@ def _view(config: "TrainConfig", train: bool) -> Dict[str, Any]:
     test view (the last ``min_size``)."""
     return dict(max_size=config.max_size, train=train,
                 min_size=tuple(config.min_size) if train else config.min_size[-1],
-                cache=train and config.cache_images,
+                cache=train and config.cache_images, min_region_size=config.min_region_size,
                 brightness_contrast=config.brightness_contrast if train else 0.0)
 
 
@@ -55,8 +55,19 @@ def run_dataset(config: "TrainConfig", split: str, *, train: bool = False,
         given = getattr(config, f"{split}_ann", None)
         annotations = given or config.test_ann
         images = getattr(config, f"{split}_images") if given else config.test_images
-        return Dataset.from_coco(annotations, images, **options)
-    return Dataset.from_folder(_root(config), split, instances=config.task, **options)
+        dataset = Dataset.from_coco(annotations, images, **options)
+    else:
+        dataset = Dataset.from_folder(_root(config), split, instances=config.task, **options)
+    report_specks(dataset, config.min_region_size, split)
+    return dataset
+
+
+def report_specks(dataset: Dataset, min_region_size: float, split: str) -> None:
+    """One stderr line when regions of ``split`` were ignored as specks."""
+    if dataset.specks:
+        print(f"maskdla: {split}: {dataset.specks} regions under {min_region_size:g} px at the "
+              "test size ignored as specks (no training target; COCO ignore in evaluation)",
+              file=sys.stderr)
 
 
 def _root(config: "TrainConfig") -> Path:
