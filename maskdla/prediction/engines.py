@@ -6,12 +6,17 @@ CPU) and returns per image the raw detections on the CPU in that image's pixels:
 Float[N, 1, 28, 28] mask probabilities over each box (not pasted). Everything after that
 (polygons, merging, reading order, XML) is the same for every engine.
 
+Every engine is built the same way, ``ENGINES[name](model_file, EngineOptions(...))``, and
+exposes the same attributes: ``source``, ``checkpoint`` (``classes`` and ``config`` as a
+:class:`~maskdla.config.TrainConfig`), ``classes``, ``min_size``, ``max_size``.
+
 * ``torch``: the checkpoint's model in PyTorch (:func:`maskdla.inference.raw_detections`);
 * ``onnxruntime``: a model exported by ``python -m maskdla.export --format onnx``, run by
   onnxruntime (``pip install maskdla[onnx]``); the file carries the classes and sizes.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,12 +25,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from maskdla.checkpoint import load_model
+from maskdla.checkpoint import checkpoint_config, load_model
 from maskdla.errors import InputError
 from maskdla.evaluation.results import scale_boxes
 from maskdla.inference import raw_detections, test_size
 
-__all__ = ["ENGINES", "METADATA_KEY", "TorchEngine", "OnnxRuntimeEngine"]
+__all__ = ["ENGINES", "METADATA_KEY", "EngineOptions", "TorchEngine", "OnnxRuntimeEngine"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Detections = Dict[str, torch.Tensor]
@@ -35,31 +40,50 @@ Detections = Dict[str, torch.Tensor]
 METADATA_KEY = "maskdla"
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """How an engine runs its model; every engine takes one and ignores the fields it
+    has no use for (``amp`` for onnxruntime, ``threads`` for torch).
+
+    Attributes:
+        device: where the model runs (the exported engines: the CPU only).
+        score_thresh: the box score threshold.
+        max_detections: at most this many detections per image (None: the model's).
+        amp: autocast for the backbone and RPN (the torch engine).
+        threads: onnxruntime intra-op threads (None: its default, all cores).
+    """
+
+    device: torch.device = torch.device("cpu")
+    score_thresh: float = 0.5
+    max_detections: Optional[int] = None
+    amp: bool = False
+    threads: Optional[int] = None
+
+
 class TorchEngine:
     """The checkpoint's model in PyTorch.
 
     Args:
         checkpoint: a checkpoint file or loaded dict (:func:`maskdla.checkpoint.load_model`).
-        device: where the model runs.
-        score_thresh: the model's own box score threshold (before the mask head).
-        max_detections: at most this many detections per image (None: the model's).
-        amp: autocast for the backbone and RPN (float16 on CUDA, bfloat16 on the CPU);
-            the RoI heads run in float32 (see :func:`maskdla.inference.raw_detections`).
+        options: ``device`` where the model runs; ``score_thresh`` becomes the model's own
+            box score threshold (before the mask head); ``max_detections`` (None: the
+            model's); ``amp``: autocast for the backbone and RPN (float16 on CUDA, bfloat16
+            on the CPU), the RoI heads run in float32 (see
+            :func:`maskdla.inference.raw_detections`). ``threads`` is not used.
     """
 
     name = "torch"
 
-    def __init__(self, checkpoint: Union[PathLike, Dict[str, Any]], device: torch.device,
-                 score_thresh: float, max_detections: Optional[int], amp: bool):
-        self.device, self.amp = device, amp
-        self.model, self.checkpoint = load_model(checkpoint, device)
+    def __init__(self, checkpoint: Union[PathLike, Dict[str, Any]], options: EngineOptions):
+        self.device, self.amp = options.device, options.amp
+        self.model, self.checkpoint = load_model(checkpoint, options.device)
         self.source = str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint"
         self.classes: List[str] = list(self.checkpoint["classes"])
         self.min_size, self.max_size = test_size(self.checkpoint["config"])
         # the model drops boxes at its own threshold (0.05) before the mask head runs
-        self.model.roi_heads.score_thresh = score_thresh
-        if max_detections is not None:
-            self.model.roi_heads.detections_per_img = max_detections
+        self.model.roi_heads.score_thresh = options.score_thresh
+        if options.max_detections is not None:
+            self.model.roi_heads.detections_per_img = options.max_detections
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[torch.Tensor]) -> List[Detections]:
@@ -83,16 +107,23 @@ class OnnxRuntimeEngine:
 
     Args:
         path: the ``.onnx`` file.
-        score_thresh: may not be below the threshold the model was exported with (the
-            boxes below it are gone); higher ones are applied in post-processing.
-        max_detections: may not exceed the exported one; fewer keep the best-scoring.
-        threads: onnxruntime intra-op threads (None: its default, all cores).
+        options: ``device`` must be the CPU; ``score_thresh`` may not be below the
+            threshold the model was exported with (the boxes below it are gone), higher
+            ones are applied in post-processing; ``max_detections`` may not exceed the
+            exported one, fewer keep the best-scoring; ``threads``: onnxruntime intra-op
+            threads (None: its default, all cores). ``amp`` is not used.
+
+    Raises:
+        InputError: no onnxruntime, not a file, not a maskdla export, a device other
+            than the CPU, or options beyond what the model was exported with.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path: PathLike, score_thresh: float, max_detections: Optional[int],
-                 threads: Optional[int] = None):
+    def __init__(self, path: PathLike, options: EngineOptions):
+        if options.device.type != "cpu":
+            raise InputError(f"--engine {self.name} runs on the CPU; drop --device")
+        score_thresh, max_detections = options.score_thresh, options.max_detections
         try:
             import onnxruntime
         except ImportError:
@@ -101,13 +132,13 @@ class OnnxRuntimeEngine:
         path = Path(path)
         if not path.is_file():
             raise InputError("exported model not found", path)
-        options = onnxruntime.SessionOptions()
+        session_options = onnxruntime.SessionOptions()
         # idle threads spinning for work would take the cores the decoding workers need
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if options.threads:
+            session_options.intra_op_num_threads = options.threads
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options,
+            self.session = onnxruntime.InferenceSession(str(path), session_options,
                                                         providers=["CPUExecutionProvider"])
             metadata = json.loads(
                 self.session.get_modelmeta().custom_metadata_map[METADATA_KEY])
@@ -118,7 +149,10 @@ class OnnxRuntimeEngine:
             raise InputError(f"cannot load the ONNX model ({str(error).splitlines()[0]})",
                              path) from None
         self.source = str(path)
-        self.checkpoint = {"classes": metadata["classes"], "config": metadata["config"]}
+        # the config through the loader the torch engine's checkpoints go through, so both
+        # engines hand on a TrainConfig (exports of older configs included)
+        self.checkpoint = {"classes": list(metadata["classes"]),
+                           "config": checkpoint_config(metadata, path)}
         self.classes: List[str] = list(metadata["classes"])
         self.min_size, self.max_size = int(metadata["min_size"]), int(metadata["max_size"])
         if score_thresh < metadata["score_thresh"]:
@@ -144,5 +178,5 @@ class OnnxRuntimeEngine:
         return result
 
 
-#: the engines by their ``--engine`` name
+#: the engines by their ``--engine`` name; each is called ``(model_file, EngineOptions)``
 ENGINES = {"torch": TorchEngine, "onnxruntime": OnnxRuntimeEngine}

@@ -33,7 +33,7 @@ from maskdla.data.page import Page, Region
 from maskdla.data.resize import training_size
 from maskdla.errors import InputError
 from maskdla.inference import resolve_device
-from maskdla.prediction.engines import ENGINES
+from maskdla.prediction.engines import ENGINES, EngineOptions
 from maskdla.prediction.order import layout_reading_order
 from maskdla.prediction.vectorize import (as_numpy, merge_overlaps, scored_mask_polygons,
                                          snap_to_pixels)
@@ -194,15 +194,11 @@ class Predictor:
         if max_detections is not None and max_detections < 1:
             raise InputError(f"max_detections must be >= 1, got {max_detections}")
         self.amp = self.device.type == "cuda" if amp is None else amp
-        if engine == "torch":
-            self.engine = ENGINES[engine](checkpoint, self.device, score_thresh,
-                                          max_detections, self.amp)
-        elif engine in ENGINES:
-            if self.device.type != "cpu":
-                raise InputError(f"--engine {engine} runs on the CPU; drop --device")
-            self.engine = ENGINES[engine](checkpoint, score_thresh, max_detections, threads)
-        else:
+        if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
+        self.engine = ENGINES[engine](checkpoint, EngineOptions(
+            device=self.device, score_thresh=score_thresh, max_detections=max_detections,
+            amp=self.amp, threads=threads))
         #: the PyTorch model (None for an exported one)
         self.model = getattr(self.engine, "model", None)
         self.checkpoint = self.engine.checkpoint
