@@ -6,7 +6,7 @@
     python -m maskdla.convert to-page INPUTS... --out DIR     # writes DIR/page/STEM.xml
     python -m maskdla.convert to-alto INPUTS... --out DIR     # writes DIR/alto/STEM.xml
 
-INPUTS are PAGE-XML or ALTO files or folders, in any mix (each file's format is decided
+INPUTS are PAGE-XML or ALTO files or folders, or eScriptorium export ZIPs, in any mix (each file's format is decided
 by its root element; a folder gives its ``page/*.xml``, else its ``alto/*.xml``, else its
 ``*.xml``); ``to-page`` and ``to-alto`` also take COCO JSON files. ``page2coco`` and
 ``coco2page`` are the old names of ``to-coco`` and ``to-page``. Image file names in the
@@ -24,17 +24,16 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from maskdla.cli import run_main
-from maskdla.data.alto import alto_to_xml
 from maskdla.data.coco import coco_to_pages, load_coco, pages_to_coco, read_pages
 from maskdla.data.layout import collect_layout_files
+from maskdla.data.formats import FORMATS
 from maskdla.data.page import Page
-from maskdla.data.pagexml import page_to_xml
 from maskdla.data.reading import RepairReport, parse_class_map, unused_class_options
 from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
 
-#: command -> (output subfolder, serialiser) of the XML writers
-WRITERS: Dict[str, tuple] = {"to-page": ("page", page_to_xml), "to-alto": ("alto", alto_to_xml)}
+#: writing command -> its format's name (maskdla.data.formats.FORMATS: one row each)
+WRITE_COMMANDS: Dict[str, str] = {f"to-{name}": name for name in FORMATS}
 ALIASES = {"page2coco": "to-coco", "coco2page": "to-page"}
 
 
@@ -67,16 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     to_coco = commands.add_parser("to-coco", aliases=["page2coco"], parents=[reading],
                                   help="PAGE/ALTO files or folders -> one COCO JSON")
     to_coco.add_argument("inputs", nargs="+", metavar="INPUT",
-                         help="PAGE-XML or ALTO file, or a folder of them")
+                         help="PAGE-XML or ALTO file, a folder of them, or an eScriptorium "
+                              "export ZIP")
     to_coco.add_argument("--out", required=True, type=Path, help="COCO JSON file to write")
     to_coco.add_argument("--classes", nargs="+", action="extend", metavar="CLASS",
                          help="category order (ids 1..C); default: sorted class names")
-    for name, (folder, _) in WRITERS.items():
+    for name, format_name in WRITE_COMMANDS.items():
+        folder = FORMATS[format_name].folder
         aliases = [alias for alias, target in ALIASES.items() if target == name]
         writer = commands.add_parser(name, aliases=aliases, parents=[reading],
                                      help=f"PAGE/ALTO/COCO inputs -> DIR/{folder}/STEM.xml")
         writer.add_argument("inputs", nargs="+", metavar="INPUT",
-                            help="PAGE-XML or ALTO file or folder, or a COCO JSON file")
+                            help="PAGE-XML or ALTO file or folder, an eScriptorium export "
+                                 "ZIP, or a COCO JSON file")
         writer.add_argument("--out", required=True, type=Path,
                             help=f"folder: files go to OUT/{folder}/<image stem>.xml")
     return parser
@@ -132,7 +134,8 @@ def _input_pages(args: argparse.Namespace, report: RepairReport) -> List[Page]:
 
 
 def to_xml(args: argparse.Namespace) -> None:
-    folder, serialise = WRITERS[args.command]
+    layout = FORMATS[WRITE_COMMANDS[args.command]]
+    folder = layout.folder
     report = RepairReport()
     pages = _input_pages(args, report)
     targets = [args.out / folder / (Path(page.image_filename.replace("\\", "/")).stem + ".xml")
@@ -140,17 +143,17 @@ def to_xml(args: argparse.Namespace) -> None:
     twice = [str(path) for path, count in Counter(targets).items() if count > 1]
     if twice:
         raise InputError(f"several pages share the image stem of {twice[0]}")
-    documents = [serialise(page) for page in pages]  # all built before anything is written
+    documents = [layout.serialise(page) for page in pages]  # all built before anything is written
     for target, document in zip(targets, documents):
         write_bytes_atomic(target, document)
     if report.pages:
         _report(args, report)
-    _say(args, f"wrote {len(pages)} {'PAGE-XML' if folder == 'page' else 'ALTO'} files to "
+    _say(args, f"wrote {len(pages)} {layout.title} files to "
          f"{args.out / folder}")
 
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], None]] = {
-    "to-coco": to_coco, "to-page": to_xml, "to-alto": to_xml}
+    "to-coco": to_coco, **{name: to_xml for name in WRITE_COMMANDS}}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from maskdla.checkpoint import load_model
 from maskdla.cli import non_negative_float, non_negative_int, positive_float, positive_int, run_main
+from maskdla.data.archives import data_folder
 from maskdla.data.coco import folder_to_coco
 from maskdla.data.dataset import Dataset
 from maskdla.data.layout import collect_layout_files, read_layout
@@ -401,6 +402,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
+    if args.data:  # a ZIP of a dataset folder: its extracted folder
+        args.data = str(data_folder(args.data))
     for output in (args.out, args.save_results, args.table):
         _check_writable(output)
     if args.worst:

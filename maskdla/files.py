@@ -8,8 +8,9 @@ import os
 import re
 import time
 import uuid
+import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Sequence, Tuple, Union
 
 from maskdla.errors import InputError
 
@@ -117,6 +118,17 @@ def check_output_folder(path: PathLike, flag: str = "--out") -> None:
 def write_bytes_atomic(path: PathLike, data: bytes, *, durable: bool = False) -> None:
     """Write ``data`` to ``path`` atomically (:func:`write_atomic`)."""
     write_atomic(path, lambda file: file.write(data), durable=durable)
+
+
+def write_zip_atomic(path: PathLike, members: Sequence[Tuple[str, Path]]) -> None:
+    """A ZIP at ``path`` (deflated) holding each ``(member name, file)`` of ``members``,
+    written atomically (:func:`write_atomic`): never a half-written archive."""
+    def fill(file: BinaryIO) -> None:
+        with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, source in members:
+                archive.write(source, arcname=name)
+
+    write_atomic(path, fill)
 
 
 def write_json_atomic(path: PathLike, data: Any) -> None:

@@ -6,14 +6,15 @@ Command line::
         [--format page|alto|page,alto] [--skip-existing] [--workers N]
         [--engine torch|onnxruntime] [--score-thresh 0.5] [--overlap-thresh 0.5]
         [--no-merge-classes CLASS ...] [--largest-component-only] [--simplify PX]
-        [--min-area PX2] [--overlay] [--coco preds.json] [--batch-size N] [--device D]
-        [--lines LINE_CHECKPOINT] [--baseline-position F] [--line-score-thresh S]
+        [--min-area PX2] [--overlay] [--coco preds.json] [--zip FILE] [--batch-size N]
+        [--device D] [--lines LINE_CHECKPOINT] [--baseline-position F] [--line-score-thresh S]
         [--line-max-detections N]
 
 INPUTS are image files or folders (their ``*.jpg *.jpeg *.png *.tif *.tiff``; with
 ``--recursive`` every subfolder too). The output tree mirrors the input tree: an image
 ``FOLDER/a/b/x.jpg`` writes ``DIR/a/b/page/x.xml`` (``alto/`` for ALTO, ``overlay/x.jpg``
-with ``--overlay``). A page that fails is reported on one line, listed in
+with ``--overlay``); ``--zip FILE`` also bundles the XML of the one ``--format`` as flat
+``STEM.xml`` members, for eScriptorium's import. A page that fails is reported on one line, listed in
 ``DIR/failures.txt``, and the others go on; ``DIR/manifest.json`` lists every page. The
 exit code is 0 when every image went through, 1 when some failed, 2 for a bad
 checkpoint, flag or input path (nothing is predicted then). The pipeline per page is
@@ -30,17 +31,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from maskdla.cli import non_negative_float, non_negative_int, positive_int, run_main
 from maskdla.errors import InputError
 from maskdla.files import (check_output_folder, read_json, write_bytes_atomic,
-                           write_json_atomic)
+                           write_json_atomic, write_zip_atomic)
 from maskdla.prediction import (IMAGE_SUFFIXES, PagePipeline, Predictor, detections_to_page,
                                 page_to_coco_results)
 from maskdla.prediction.baselines import BASELINE_POSITION
-from maskdla.prediction.collection import (WRITERS, PageRecord, check_formats, find_images,
-                                           predict_collection)
+from maskdla.prediction.collection import (WRITERS, InputImage, PageRecord, check_formats,
+                                           find_images, predict_collection, zip_members)
 from maskdla.prediction.pipeline import model_task
 from maskdla.prediction.engines import ENGINES
 from maskdla.zoo import is_shipped
@@ -120,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coco", metavar="JSON",
                         help="also write all regions as COCO results (bbox + RLE segmentation; "
                              "image ids in input order from 1, with file_name)")
+    parser.add_argument("--zip", metavar="FILE",
+                        help="also bundle the written XML of the one --format (page or alto) "
+                             "as flat STEM.xml members: eScriptorium's Import > "
+                             "Transcription (XML)")
     parser.add_argument("--batch-size", type=positive_int, default=2, metavar="N",
                         help="images per model batch (default 2)")
     parser.add_argument("--device", default=None,
@@ -169,6 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     images = find_images(args.inputs, recursive=args.recursive, exclude=out)
     if args.coco and Path(args.coco).is_dir():
         raise InputError("--coco must name a file, not a folder", args.coco)
+    members = check_zip(args.zip, formats, images, out) if args.zip else []
     if args.threads and args.engine == "torch":
         import torch
 
@@ -191,8 +197,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = [record for record in records if record.status == "failed"]
     _write_failures(out / FAILURES, failed)
     _write_manifest(out / MANIFEST, predictor, args, formats, records, seconds)
+    if args.zip:
+        write_bundle(args.zip, members, images, records, formats[0])
     print(summary_line(records, seconds, out), file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_zip(zip_path: str, formats: Sequence[str], images: Sequence[InputImage],
+              out: Path) -> List[Tuple[str, Path]]:
+    """``--zip``'s members (:func:`~maskdla.prediction.collection.zip_members`), checked
+    before any model loads: one format, a file (not a folder) maskdla can write."""
+    if len(formats) != 1:
+        raise InputError(f"--zip bundles one format; give --format page or --format alto, "
+                         f"not {','.join(formats)}")
+    if Path(zip_path).is_dir():
+        raise InputError("--zip must name a file, not a folder", zip_path)
+    check_output_folder(Path(zip_path).absolute().parent, "--zip")
+    return zip_members(images, out, formats[0], zip_path)
+
+
+def write_bundle(zip_path: str, members: Sequence[Tuple[str, Path]],
+                 images: Sequence[InputImage], records: Sequence[PageRecord],
+                 kind: str) -> None:
+    """Write ``--zip`` atomically: the member of every image not failed (predicted now, or
+    skipped as finished), one stderr line saying how many."""
+    status = {record.file: record.status for record in records}
+    bundled = [member for member, image in zip(members, images)
+               if status.get(str(image.path)) != "failed"]
+    write_zip_atomic(zip_path, bundled)
+    print(f"maskdla: wrote {len(bundled)} {'PAGE-XML' if kind == 'page' else 'ALTO'} files "
+          f"to {zip_path}", file=sys.stderr)
 
 
 def prepare_output_folder(out: Path) -> None:

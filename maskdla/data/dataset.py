@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Sampler
 
+from maskdla.data.archives import data_folder, is_zip
 from maskdla.data.image import SWAPS_SIDES, check_one_page, orientation_transpose, to_rgb
 from maskdla.data.coco import folder_to_coco, load_coco
 from maskdla.data.reading import RepairReport, UnknownClasses, map_label
@@ -422,7 +423,8 @@ class Dataset(torch.utils.data.Dataset):
                     **kwargs: Any) -> "Dataset":
         """A split of a dataset folder: ``root/split/*.jpg`` with its PAGE-XML or ALTO in
         ``root/split/page/*.xml``, ``root/split/alto/*.xml`` or next to the images
-        (``split=None``: ``root`` itself is the split folder).
+        (``split=None``: ``root`` itself is the split folder). ``root`` may be a ZIP of
+        such a folder (:func:`maskdla.data.archives.data_folder`).
 
         ``elements``, ``class_map`` and ``fold_subtypes`` are the readers' options
         (:func:`~maskdla.data.layout.read_layout`); ``instances`` "lines" takes the text
@@ -434,7 +436,13 @@ class Dataset(torch.utils.data.Dataset):
         every note and the summary always; 0 nothing. Other keyword arguments as for
         :class:`Dataset`.
         """
-        folder = Path(root) if split is None else Path(root) / split
+        folder = data_folder(root) if split is None else data_folder(root) / split
+        if not folder.is_dir() and is_zip(root):
+            raise InputError(f"the archive has no {split}/ folder: as data for training and "
+                             "evaluation it needs train/ and test/ at its top, each with its "
+                             "images and their PAGE or ALTO XML (an eScriptorium export is "
+                             "flat: put its files into train/ and test/ and zip those, or "
+                             "give it to python -m maskdla.convert)", root)
         if not folder.is_dir():
             raise InputError("no such dataset folder (expected DATA/train/*.jpg with its PAGE "
                              "or ALTO XML in DATA/train/page/, DATA/train/alto/ or next to "

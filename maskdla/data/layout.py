@@ -9,17 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Sequence
 
-from maskdla.data.alto import read_alto
+from maskdla.data.archives import data_folder, is_zip
+from maskdla.data.formats import FORMATS, read_any
 from maskdla.data.page import Page
-from maskdla.data.pagexml import read_page
-from maskdla.data.reading import PathLike, root_element
+from maskdla.data.reading import PathLike
 from maskdla.errors import InputError
 
 __all__ = ["read_layout", "collect_layout_files", "LAYOUT_FOLDERS"]
 
 #: Subfolders holding a split's XML, looked into in this order: Transkribus's page/,
 #: maskdla's alto/; else the XML next to the images (eScriptorium's export).
-LAYOUT_FOLDERS = ("page", "alto")
+LAYOUT_FOLDERS = tuple(layout.folder for layout in FORMATS.values())
 #: File stems in an export folder that are not a page (eScriptorium's METS manifest).
 NOT_PAGES = ("mets",)
 
@@ -33,22 +33,19 @@ def read_layout(path: PathLike, **options: Any) -> Page:
         InputError: a file that is neither (naming its root element), or whatever the
             format's reader refuses.
     """
-    name, namespace = root_element(path)
-    if name == "PcGts":
-        return read_page(path, **options)
-    if name == "alto":
-        return read_alto(path, **options)
-    raise InputError(f"neither PAGE-XML nor ALTO (root element {name!r} in namespace "
-                     f"{namespace!r}; expected PcGts or alto)", path)
+    return read_any(path, **options)  # the registry decides, maskdla.data.formats
 
 
 def collect_layout_files(inputs: Sequence[PathLike]) -> List[Path]:
     """The PAGE/ALTO files of ``inputs``: a file is itself; a folder gives the ``*.xml`` of
     first :data:`LAYOUT_FOLDERS` subfolder that has any, else its own ``*.xml`` (sorted by
-    name; ``METS.xml`` left out). A folder with none is an InputError saying where it
+    name; ``METS.xml`` left out); a ZIP gives those of its extracted folder
+    (:func:`maskdla.data.archives.data_folder`). A folder with none is an InputError saying where it
     looked."""
     files: List[Path] = []
     for item in map(Path, inputs):
+        if is_zip(item):  # an eScriptorium export: its extracted folder
+            item = data_folder(item)
         if item.is_dir():
             folders = [item / sub for sub in LAYOUT_FOLDERS] + [item]
             found = next((pages for pages in map(_pages_in, folders) if pages), [])

@@ -3,7 +3,7 @@
 A run's :class:`~maskdla.config.TrainConfig` names its data in one of three ways, first
 match wins: ``train_ann``/``test_ann`` (COCO JSON files with ``train_images``/
 ``test_images``), ``data`` (a dataset folder: DATA/train, DATA/test, and DATA/val when
-there is one), or neither: the embedded synthetic corpus (``synthetic_pages``,
+there is one; or a ZIP of one), or neither: the embedded synthetic corpus (``synthetic_pages``,
 ``synthetic_train``, ``synthetic_width``, seed 0), generated once and cached. A validation
 split is DATA/val, or ``val_fraction`` of the train pages drawn by ``seed``.
 """
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Sequence
 
+from maskdla.data.archives import data_folder
 from maskdla.data.dataset import Dataset
 from maskdla.data.reading import unused_class_options
 from maskdla.data.synthetic import default_corpus
@@ -71,9 +72,10 @@ def report_specks(dataset: Dataset, min_region_size: float, split: str) -> None:
 
 
 def _root(config: "TrainConfig") -> Path:
-    return Path(config.data or default_corpus(pages=config.synthetic_pages,
-                                              train=config.synthetic_train,
-                                              width=config.synthetic_width))
+    if config.data:  # a folder, or a ZIP of one (extracted once into the cache)
+        return data_folder(config.data)
+    return Path(default_corpus(pages=config.synthetic_pages, train=config.synthetic_train,
+                               width=config.synthetic_width))
 
 
 def run_data(config: "TrainConfig") -> RunData:

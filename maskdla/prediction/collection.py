@@ -6,8 +6,8 @@
   not an exception, so one broken scan never stops the loader), at each model's size;
 * :func:`predict_collection` runs the model (or the region and line models of a
   :class:`~maskdla.prediction.pipeline.PagePipeline`) batch by batch, writes each page
-  with the writers of :data:`WRITERS` (``OUT/<mirrored folders>/page/STEM.xml``,
-  ``.../alto/``), skips finished pages on request and records every page for the
+  in the formats of :data:`maskdla.data.formats.FORMATS`
+  (``OUT/<mirrored folders>/page/STEM.xml``, ``.../alto/``), skips finished pages on request and records every page for the
   manifest (regions, lines and the line detections dropped, by reason).
 """
 from __future__ import annotations
@@ -19,15 +19,13 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm import tqdm
 
-from maskdla.data.alto import write_alto
+from maskdla.data.formats import FORMATS, parse_formats
 from maskdla.data.layout import read_layout
-from maskdla.data.page import Page
-from maskdla.data.pagexml import write_page
 from maskdla.errors import InputError
 from maskdla.files import remove_stale_temporaries
 from maskdla.prediction.overlay import save_overlay
@@ -37,7 +35,7 @@ from maskdla.prediction.predictor import (IMAGE_SUFFIXES, Predictor, load_image,
                                           page_to_coco_results)
 
 __all__ = ["InputImage", "find_images", "PageImages", "LoadedPage", "collate_pages",
-           "WRITERS", "check_formats", "PageRecord", "as_pipeline", "predict_collection"]
+           "WRITERS", "check_formats", "zip_members", "PageRecord", "as_pipeline", "predict_collection"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -185,22 +183,35 @@ def collate_pages(batch: List[LoadedPage]) -> List[LoadedPage]:
 # Writers
 
 
-#: ``--format`` name -> writer(page, path); the output goes to ``<mirrored>/NAME/STEM.xml``
-WRITERS: Dict[str, Callable[[Page, Path], None]] = {
-    "page": write_page,
-    "alto": write_alto,
-}
+#: the ``--format`` names: the one registry, :data:`maskdla.data.formats.FORMATS` (this
+#: name is kept for the callers that imported it from here)
+WRITERS = FORMATS
 
 
 def check_formats(text: str) -> Tuple[str, ...]:
-    """``--format page,alto`` -> ("page", "alto"); an unknown or unavailable format is an
-    InputError."""
-    formats = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-    unknown = [name for name in formats if name not in WRITERS]
-    if unknown or not formats:
-        raise InputError(f"--format: unknown format {','.join(unknown) or text!r} "
-                         f"(one or more of {', '.join(WRITERS)}, comma-separated)")
-    return formats
+    """``--format page,alto`` -> ("page", "alto"); an unknown format is an InputError."""
+    return parse_formats(text)
+
+
+def zip_members(images: Sequence[InputImage], out: Path, kind: str,
+                zip_path: PathLike) -> List[Tuple[str, Path]]:
+    """(member name, written file) of each image for ``--zip``: the flat ``STEM.xml``
+    eScriptorium matches to its image, and the image's output of ``kind`` below ``out``.
+
+    Raises:
+        InputError: two images of one stem (in different folders), naming both: their
+            members would overwrite each other.
+    """
+    members: Dict[str, InputImage] = {}
+    for image in images:
+        name = f"{image.relative.stem}.xml"
+        if name in members:
+            raise InputError(f"--zip: {members[name].path} and {image.path} would both be "
+                             f"the member {name} (eScriptorium matches files by name); "
+                             "rename one or predict the folders into separate bundles",
+                             zip_path)
+        members[name] = image
+    return [(name, image.output(out, kind)) for name, image in members.items()]
 
 
 # --------------------------------------------------------------------------------------
@@ -262,7 +273,7 @@ def predict_collection(predictor: Union[Predictor, PagePipeline], images: Sequen
             model; see :func:`as_pipeline`).
         images: from :func:`find_images`.
         out: the output root (the input tree is mirrored below it).
-        formats: rows of :data:`WRITERS`.
+        formats: names of :data:`maskdla.data.formats.FORMATS`.
         batch_size: images per model batch.
         workers: DataLoader worker processes decoding the images (0: in this process).
         skip_existing: an image whose outputs all exist is not predicted again (files are
@@ -288,7 +299,8 @@ def predict_collection(predictor: Union[Predictor, PagePipeline], images: Sequen
         if skip_existing and _finished(image, out, formats, overlay):
             records[index] = PageRecord(str(image.path), "skipped")
             if coco is not None:
-                coco.extend(_coco_of_written(image.output(out, formats[0]), index + 1,
+                coco.extend(_coco_of_written(image.output(out, FORMATS[formats[0]].folder),
+                                             index + 1,
                                              pipeline.classes))
         else:
             todo.append(index)
@@ -371,7 +383,7 @@ def _post_process(pipeline: PagePipeline, image: InputImage, loaded: LoadedPage,
 
 def _outputs(image: InputImage, out: Path, formats: Sequence[str], overlay: bool
              ) -> List[Path]:
-    paths = [image.output(out, kind) for kind in formats]
+    paths = [image.output(out, FORMATS[kind].folder) for kind in formats]
     return paths + ([image.output(out, "overlay", ".jpg")] if overlay else [])
 
 
@@ -386,7 +398,7 @@ def _write_outputs(pipeline: PagePipeline, image: InputImage, loaded: LoadedPage
     files all exist is a finished page."""
     result = pipeline.to_result(detection, loaded.original, loaded.name)
     for kind in formats:
-        WRITERS[kind](result.page, image.output(out, kind))
+        FORMATS[kind].write(result.page, image.output(out, FORMATS[kind].folder))
     if overlay:
         save_overlay(image.path, result.page, pipeline.classes,
                      image.output(out, "overlay", ".jpg"), line_classes=pipeline.line_classes)
