@@ -142,6 +142,19 @@ def checkpoint_config(checkpoint: Dict[str, Any], path: Union[PathLike, str] = "
         raise InputError(f"checkpoint config: {error}", path) from None
 
 
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed this process's generators (Python's, torch's) with ``seed``; with
+    ``deterministic``, ask torch for deterministic algorithms (as resumed runs need to end
+    with an uninterrupted run's weights)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # CUDA kernels without a deterministic version (roi_align backward) only warn.
+        torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 def rng_state() -> Dict[str, Any]:
     """This process's random generators (torch, Python's, CUDA's when in use), as the
     plain data a checkpoint's ``"rng"`` holds (one entry per rank)."""

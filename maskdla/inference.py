@@ -1,8 +1,10 @@
 """What evaluation, prediction and training share to run a model: the device, the test
-image size of a run, and Mask R-CNN's forward up to (not including) mask pasting."""
+image size of a run, a data set whose bad pages travel as items,
+Mask R-CNN's forward up to (not including) mask pasting, and its boxes scaled back to the
+page."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torchvision.models.detection.image_list import ImageList
@@ -88,3 +90,29 @@ def raw_detections(model: torch.nn.Module, images: List[torch.Tensor], amp: bool
     with torch.autocast(device_type=device_type, enabled=False):
         detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
     return detections, [tuple(size) for size in image_list.image_sizes]
+
+
+class ErrorsAsItems(torch.utils.data.Dataset):
+    """Hands an item's InputError back as the item: raised in a DataLoader worker, it would
+    reach the main process rewritten as a multi-line traceback text."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except InputError as error:
+            return error
+
+
+def scale_boxes(boxes: torch.Tensor, from_size: Tuple[int, int],
+                to_size: Tuple[int, int]) -> torch.Tensor:
+    """Boxes Float[N, 4] xyxy in an image of ``from_size`` (h, w) -> in ``to_size`` (h, w)."""
+    ratio_height = to_size[0] / from_size[0]
+    ratio_width = to_size[1] / from_size[1]
+    factors = boxes.new_tensor([ratio_width, ratio_height, ratio_width, ratio_height])
+    return boxes * factors

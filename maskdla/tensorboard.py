@@ -1,6 +1,6 @@
 """TensorBoard event files of a training run (``--tensorboard``, the ``tensorboard`` extra).
 
-A :class:`maskdla.train.TrainHooks` that writes, under ``RUN/tensorboard/`` (rank 0 only):
+A :class:`maskdla.hooks.TrainHooks` that writes, under ``RUN/tensorboard/`` (rank 0 only):
 
 * every log.jsonl line as scalars: ``loss/*`` (the total and each term), ``lr``,
   ``speed/images_per_s``, ``speed/data_wait_percent``, ``resources/gpu_memory_mib``,
@@ -12,8 +12,8 @@ A :class:`maskdla.train.TrainHooks` that writes, under ``RUN/tensorboard/`` (ran
 * at each evaluation, the predictions on the first pages of the evaluated split drawn
   over the page (:func:`maskdla.prediction.overlay.draw_overlay`) as ``overlay/N``.
 
-log.jsonl stays the source of truth; this only mirrors it. It sits after the loop in the
-package's flow (it draws with maskdla.prediction) and is imported only when asked for.
+log.jsonl stays the source of truth; this only mirrors it. It imports the loop's hooks and
+state, never the loop; the loop imports it only when asked for (the extra may be missing).
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from maskdla.errors import InputError
 from maskdla.inference import raw_detections
 from maskdla.prediction.overlay import draw_overlay
 from maskdla.prediction.predictor import detections_to_page
-from maskdla.train import LOSS_NAMES, Run, TrainHooks
+from maskdla.hooks import LOSS_NAMES, TrainHooks
+from maskdla.run_state import Run
 
 #: log.jsonl key -> TensorBoard tag (other numeric keys: ``train/KEY``)
 TAGS = {"loss": "loss/total", **{name: f"loss/{name[len('loss_'):]}" for name in LOSS_NAMES},

@@ -257,6 +257,9 @@ def test_a_malicious_checkpoint_is_refused_and_runs_no_code(tmp_path, capsys):
     (["--gamma", "0"], "--gamma (the LR factor at each step) must be in (0, 1], got 0.0"),
     (["--gamma", "nan"], "--gamma (the LR factor at each step) must be in (0, 1]"),
     (["--min-size", "1000", "--max-size", "10"], "--max-size 10 is below --min-size 1000"),
+    (["--best-metric", "segm.APP"], "--best-metric segm.APP: segm has no figure 'APP'"),
+    (["--best-metric", "loss.total"], "--best-metric loss.total: no evaluation writes 'loss'"),
+    (["--best-metric", "lines.baseline_f1"], "lines metrics are not computed during training"),
 ])
 def test_bad_flags_give_one_clear_message_and_exit_2(argv, message, tmp_path, capsys):
     if not torch.cuda.is_available() or "cuda" not in " ".join(argv):
@@ -502,6 +505,18 @@ def test_best_metric_paths_and_patience():
     assert run.selection.best == 31.0 and run.selection.best_iteration == 20
     assert run.selection.stop_reason.startswith("early stop at iteration 40: segm.AP did not "
                                                 "improve on 31.00 (iteration 20) for 2")
+
+
+def test_the_evaluators_say_what_an_evaluation_during_training_computes():
+    from maskdla.evaluation.evaluators import EVALUATORS, check_best_metric, evaluators_for
+
+    assert list(EVALUATORS) == ["coco", "layout", "proposals", "lines"]
+    assert evaluators_for("segm.AP") == evaluators_for("bbox.per_class.staff") == ("coco",)
+    assert evaluators_for("layout.region_f1") == ("coco", "layout")
+    assert evaluators_for("proposals.all.recall.50@100") == ("coco", "proposals")
+    for path in ("segm.AP", "bbox.AR", "segm.per_class.staff", "layout.pixel_miou",
+                 "proposals.all.recall.50@100"):
+        check_best_metric(path)  # no InputError
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ and the same batches (same DataLoader settings: workers, pinning, prefetching, s
 * ours: ``maskdla.train.fit(TrainConfig(...))`` itself, everything as a user runs it
   (log every 20 iterations, LR scheduler, progress bar, loss bookkeeping on the device),
   stopped with ``stop_after_iterations`` before any checkpoint or evaluation. Nothing in
-  it is replaced: the loop's :class:`maskdla.train.TrainHooks` stamp the time each batch
+  it is replaced: the loop's :class:`maskdla.hooks.TrainHooks` stamp the time each batch
   arrives and how long the loader waited for it;
 * bare: ``loss = sum(model(images, targets).values()); opt.zero_grad(); loss.backward();
   clip_grad_norm_(...); opt.step(); lr_scheduler.step()`` after copying the batch to the
@@ -57,6 +57,7 @@ from maskdla.data.samplers import EpochBatches
 from maskdla.data.sources import run_data
 from maskdla.data.synthetic import generate_corpus
 from maskdla.errors import InputError
+from maskdla.hooks import LOSS_NAMES, TrainHooks
 from maskdla.model import build_model_from_config
 from maskdla.schedule import plan
 
@@ -182,7 +183,7 @@ class BatchClock:
                 self.arrivals_cpu[stop] - self.arrivals_cpu[start])
 
 
-class ClockHooks(training.TrainHooks):
+class ClockHooks(TrainHooks):
     """The training loop's seams, watched: each batch's arrival goes to ``clock``, the
     first step's losses are kept (on the device: no sync)."""
 
@@ -307,7 +308,7 @@ def run_bare(model: torch.nn.Module, loader: DataLoader, config: TrainConfig,
             scaler.update()
         scheduler.step()
         step_losses.append(torch.stack([losses[name].detach().float()
-                                        for name in training.LOSS_NAMES]))
+                                        for name in LOSS_NAMES]))
         if number == warmup + steps:
             break
     return LoopResult(*clock.window(warmup, warmup + steps), _peak(device),
@@ -339,7 +340,7 @@ def run_instrumented(model: torch.nn.Module, loader: DataLoader, config: TrainCo
         copied = stamp()
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             losses = model(images, targets)
-        loss = sum(losses[name] for name in training.LOSS_NAMES)
+        loss = sum(losses[name] for name in LOSS_NAMES)
         forward = stamp()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

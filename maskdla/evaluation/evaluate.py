@@ -27,32 +27,14 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from maskdla.evaluation.coco import coco_metrics
-from maskdla.evaluation.layout_inputs import results_layout_metrics
+from maskdla.evaluation.evaluators import EVALUATORS, EvaluationInputs
 from maskdla.evaluation.results import detections_to_coco_results
 from maskdla.distributed import all_gather_objects, broadcast_object
 from maskdla.errors import InputError
-from maskdla.inference import raw_detections
+from maskdla.inference import ErrorsAsItems, raw_detections
 
 #: per-image data a worker sends back: image Float[3, H, W], COCO image id, (H0, W0)
 _Item = Tuple[torch.Tensor, int, Tuple[int, int]]
-
-
-class ErrorsAsItems(torch.utils.data.Dataset):
-    """Hands an item's InputError back as the item: raised in a DataLoader worker, it would
-    reach the main process rewritten as a multi-line traceback text."""
-
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        try:
-            return self.dataset[index]
-        except InputError as error:
-            return error
 
 
 def _collate(batch: Sequence[Any]) -> Union[List[_Item], InputError]:
@@ -190,37 +172,45 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
              mask_threshold: float = 0.5, verbose: bool = False,
              timings: Optional[Dict[str, float]] = None, layout: bool = False,
              match_iou: float = 0.5, score_thresh: float = 0.5,
-             progress: bool = True) -> Dict[str, dict]:
-    """COCO bbox and segm metrics of ``model`` on ``dataset``, as pycocotools computes them.
+             progress: bool = True, evaluators: Sequence[str] = ("coco",)) -> Dict[str, dict]:
+    """Metrics of ``model`` on ``dataset``: the blocks of metrics.json that the evaluators
+    named in ``evaluators`` write (:data:`maskdla.evaluation.evaluators.EVALUATORS`), by
+    default COCO's bbox and segm as pycocotools computes them.
 
     Arguments as :func:`predict_coco_results`; ``verbose`` shows pycocotools' own output;
-    ``timings`` also gets ``cocoeval`` (and with ``layout``, ``layout``) seconds. With
-    ``layout``, the result also has the ``layout`` block of
-    :func:`maskdla.evaluation.layout.layout_metrics` (detections scoring >= ``score_thresh``,
-    matched at ``match_iou``), e.g. for choosing checkpoints by ``layout.region_f1``. The
-    ground truth is ``dataset.coco`` (at the
-    original resolution, so APs/APm/APl use the original areas, as COCO defines them).
+    ``timings`` also gets each evaluator's seconds (``cocoeval``, ``layout``, ...).
+    ``layout`` adds the ``layout`` evaluator (:func:`maskdla.evaluation.layout.layout_metrics`
+    of the detections scoring >= ``score_thresh``, matched at ``match_iou``), e.g. for
+    choosing checkpoints by ``layout.region_f1``. The ground truth is ``dataset.coco`` (at
+    the original resolution, so APs/APm/APl use the original areas, as COCO defines them).
 
     Returns:
         ``{"bbox": {...}, "segm": {...}}`` as :func:`maskdla.evaluation.coco.coco_metrics`: AP,
         AP50, AP75, APs, APm, APl, AR and ``per_class`` in percent, -1 for "no ground truth
-        there". Under DDP only rank 0 scores; every rank returns its figures.
+        there"; then the other evaluators' blocks, in the order asked. Under DDP only rank 0
+        scores; every rank returns its figures. InputError for an unknown evaluator name.
     """
+    names = list(dict.fromkeys([*evaluators, *(["layout"] if layout else [])]))
+    unknown = [name for name in names if EVALUATORS.get(name) is None
+               or EVALUATORS[name].score is None]
+    if unknown:
+        raise InputError(f"evaluate: no evaluator {', '.join(map(repr, unknown))} scores a "
+                         f"model (evaluators: {', '.join(EVALUATORS)})")
     results = predict_coco_results(model, dataset, batch_size=batch_size, device=device, amp=amp,
                                    num_workers=num_workers, classes=classes,
                                    mask_threshold=mask_threshold, timings=timings,
                                    progress=progress)
     metrics: Dict[str, dict] = {}
     if not _distributed() or dist.get_rank() == 0:
-        start = time.perf_counter()
-        metrics = coco_metrics(dataset.coco, results, verbose=verbose)
-        if timings is not None:
-            timings["cocoeval"] = timings.get("cocoeval", 0.0) + time.perf_counter() - start
-        if layout:
+        inputs = EvaluationInputs(model, dataset, results, batch_size=batch_size,
+                                  device=torch.device(device) if device is not None else None,
+                                  num_workers=num_workers, classes=classes, verbose=verbose,
+                                  match_iou=match_iou, score_thresh=score_thresh)
+        for name in names:
+            evaluator = EVALUATORS[name]
             start = time.perf_counter()
-            metrics["layout"] = results_layout_metrics(dataset.coco, results,
-                                                       match_iou=match_iou,
-                                                       score_thresh=score_thresh)
+            metrics.update(evaluator.score(inputs))
             if timings is not None:
-                timings["layout"] = timings.get("layout", 0.0) + time.perf_counter() - start
+                timings[evaluator.timing] = (timings.get(evaluator.timing, 0.0)
+                                             + time.perf_counter() - start)
     return broadcast_object(metrics)

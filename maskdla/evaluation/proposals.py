@@ -19,8 +19,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 from maskdla.errors import InputError
-from maskdla.evaluation.evaluate import ErrorsAsItems
-from maskdla.inference import rpn_forward
+from maskdla.inference import ErrorsAsItems, rpn_forward
 
 #: proposal budgets: the top-N proposals (by objectness) a region may be matched to
 PROPOSAL_BUDGETS: Tuple[int, ...] = (100, 300, 1000)

@@ -22,17 +22,11 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
+# scale_boxes lives below evaluation, beside raw_detections, since prediction uses it too
+from maskdla.inference import scale_boxes
+
 #: a binary mask cut to its box: (top row, left column, bool array [h, w])
 BoxMask = Tuple[int, int, np.ndarray]
-
-
-def scale_boxes(boxes: torch.Tensor, from_size: Tuple[int, int],
-                to_size: Tuple[int, int]) -> torch.Tensor:
-    """Boxes Float[N, 4] xyxy in an image of ``from_size`` (h, w) -> in ``to_size`` (h, w)."""
-    ratio_height = to_size[0] / from_size[0]
-    ratio_width = to_size[1] / from_size[1]
-    factors = boxes.new_tensor([ratio_width, ratio_height, ratio_width, ratio_height])
-    return boxes * factors
 
 
 def paste_box_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: Tuple[int, int],

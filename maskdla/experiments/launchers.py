@@ -31,13 +31,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from maskdla.errors import InputError
 from maskdla.experiments.grid import Experiment, describe, train_command
-from maskdla.files import read_json, write_json_atomic
+# The run folder's launch files are status's to name and read: the launchers write them
+# and ask status whether a run is still going, status never imports the launchers.
+from maskdla.experiments.status import (LAUNCH_RECORD, LOCAL_STDERR, SUBMITIT_DIR, active_job,
+                                        last_error_line)
+from maskdla.files import write_json_atomic
 
-#: submitit's folder inside a run folder.
-SUBMITIT_DIR = "submitit"
-LAUNCH_RECORD = "launch.json"
-#: stderr of a run trained by the local launcher (it is also shown on the terminal).
-LOCAL_STDERR = "train_stderr.log"
 #: Lowest port of a multi-node rendezvous; the job id picks one of the next 20,000.
 RENDEZVOUS_PORT_BASE = 20000
 
@@ -162,12 +161,6 @@ def job_name(experiment: Experiment) -> str:
 # --------------------------------------------------------------------------------------------
 # Launch records
 # --------------------------------------------------------------------------------------------
-
-def read_launch(experiment: Experiment) -> Optional[Dict[str, Any]]:
-    """The run's launch.json (None when it was never launched)."""
-    path = experiment.out / LAUNCH_RECORD
-    return read_json(path, "launch record") if path.is_file() else None
-
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -307,7 +300,6 @@ class TrainingJob:
             if code is None:  # submitit's requeue or a cancel: stop the training too
                 _stop(process)
         if code != 0:
-            from maskdla.experiments.status import last_error_line
             error = last_error_line(_read_text(environment.paths.stderr))
             raise RuntimeError(f"training exited with code {code}" + (f": {error}" if error
                                                                         else ""))
@@ -356,8 +348,6 @@ def submit_slurm(experiments: Sequence[Experiment], spec: SlurmSpec, cluster: st
     Returns:
         (run, submitit job) for each job submitted.
     """
-    from maskdla.experiments.status import active_job
-
     submitit = import_submitit()
     if cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
         raise InputError("--launcher slurm: no sbatch and srun here; run this on a machine of the "

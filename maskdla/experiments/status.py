@@ -15,11 +15,16 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from maskdla.experiments.grid import Experiment, _default
-from maskdla.experiments.launchers import LOCAL_STDERR, SUBMITIT_DIR, read_launch
 from maskdla.files import read_json
+
+#: submitit's folder inside a run folder.
+SUBMITIT_DIR = "submitit"
+LAUNCH_RECORD = "launch.json"
+#: stderr of a run trained by the local launcher (it is also shown on the terminal).
+LOCAL_STDERR = "train_stderr.log"
 
 #: squeue states of a job that is waiting for its resources.
 QUEUED_STATES = ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED")
@@ -28,6 +33,12 @@ ERROR_LINE = re.compile(r"^(maskdla: |[\w.]*(Error|Exception|Interrupt|Diverged|
                         r"|srun: error|slurmstepd: error)")
 #: tqdm's progress bar, which shares stderr with the errors.
 PROGRESS_LINE = re.compile(r"\d+/\d+ \[|it/s\]|s/it\]")
+
+
+def read_launch(experiment: Experiment) -> Optional[Dict[str, Any]]:
+    """The run's launch.json (None when it was never launched)."""
+    path = experiment.out / LAUNCH_RECORD
+    return read_json(path, "launch record") if path.is_file() else None
 
 
 def last_error_line(text: str) -> str:

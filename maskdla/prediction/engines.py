@@ -27,8 +27,7 @@ import torch
 
 from maskdla.checkpoint import checkpoint_config, load_model
 from maskdla.errors import InputError
-from maskdla.evaluation.results import scale_boxes
-from maskdla.inference import raw_detections, test_size
+from maskdla.inference import raw_detections, scale_boxes, test_size
 
 __all__ = ["ENGINES", "METADATA_KEY", "EngineOptions", "TorchEngine", "OnnxRuntimeEngine"]
 

@@ -20,7 +20,7 @@ import torch
 
 from maskdla.data.page import Page
 from maskdla.errors import InputError
-from maskdla.evaluation.results import scale_boxes
+from maskdla.inference import scale_boxes
 from maskdla.prediction.baselines import BASELINE_POSITION, lines_from_detections
 from maskdla.prediction.lines import orphan_zone_label, place_lines
 from maskdla.prediction.predictor import ImageInput, Predictor

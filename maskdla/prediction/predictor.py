@@ -26,13 +26,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from maskdla.evaluation.results import scale_boxes
 from maskdla.data.dataset import decode_image
 from maskdla.data.image import displayed_size, to_rgb
 from maskdla.data.page import Page, Region
 from maskdla.data.resize import training_size
 from maskdla.errors import InputError
-from maskdla.inference import resolve_device
+from maskdla.inference import resolve_device, scale_boxes
 from maskdla.prediction.engines import ENGINES, EngineOptions
 from maskdla.prediction.order import layout_reading_order
 from maskdla.prediction.vectorize import (as_numpy, merge_overlaps, scored_mask_polygons,
