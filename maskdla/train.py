@@ -39,7 +39,7 @@ from maskdla.data.sources import RunData, run_data
 from maskdla.errors import InputError
 from maskdla.evaluation import evaluate
 from maskdla.evaluation.evaluators import check_best_metric, evaluators_for
-from maskdla.evaluation.selection import Selection, metric_value
+from maskdla.evaluation.selection import metric_value
 from maskdla.files import check_output_folder, write_bytes_atomic, write_json_atomic
 from maskdla.finetune import init_from_checkpoint
 from maskdla.hooks import LOSS_NAMES, HookList, TrainHooks
@@ -50,15 +50,9 @@ from maskdla.run_output import (RunOutput, energy_meter, prepare_run_dir, remove
 from maskdla.run_state import Run, resume_path, resumed_config
 from maskdla.schedule import SchedulePlan, build_scheduler, check_batch_fits, plan, warmup_iterations
 from maskdla.tables import ap_table, format_duration, summary_markdown
-from maskdla.train_cli import build_parser, config_from_args, config_from_argv
+from maskdla.train_cli import config_from_argv
 
-__all__ = ["TrainConfig", "TrainHooks", "TrainingDiverged", "Run", "fit", "main",
-           # at home in the modules they come from, still importable from here as before
-           "LOSS_NAMES", "Selection", "metric_value", "build_parser", "config_from_argv",
-           "config_from_args"]
-
-# the names these had here before they moved (tests and older callers use them)
-_resume_path, _resumed_config, _energy_meter = resume_path, resumed_config, energy_meter
+__all__ = ["TrainConfig", "TrainHooks", "TrainingDiverged", "Run", "fit", "main"]
 
 
 class TrainingDiverged(RuntimeError):

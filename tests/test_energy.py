@@ -681,7 +681,9 @@ def test_cpu_watts_per_core_must_be_a_finite_positive_number(watts):
 
 def test_the_flag_reaches_the_meter_and_a_bad_value_is_one_line_and_exit_2(tmp_path, capsys):
     from maskdla.cli import run_main
-    from maskdla.train import _energy_meter, config_from_argv, main
+    from maskdla.run_output import energy_meter as _energy_meter
+    from maskdla.train import main
+    from maskdla.train_cli import config_from_argv
 
     assert TrainConfig().cpu_watts_per_core == DEFAULT_CPU_WATTS_PER_CORE
     config = config_from_argv(["--cpu-watts-per-core", "4.4", "--out", str(tmp_path)])

@@ -106,16 +106,16 @@ def test_train_command_single_torchrun_and_multinode(grid):
 def test_the_run_config_file_round_trips_through_the_train_cli(grid):
     """What the runner writes, maskdla.train --config reads back as the config the
     experiment file describes; flags given as well still override it."""
-    import maskdla.train as train
+    import maskdla.train_cli as train_cli
     for experiment in resolve_experiments(grid):
         path = experiment.write_config()
         assert path == experiment.out / CONFIG_NAME
-        parsed = train.config_from_argv(["--config", str(path), "--resume", "auto"])
+        parsed = train_cli.config_from_argv(["--config", str(path), "--resume", "auto"])
         for key, value in experiment.config.items():
             assert getattr(parsed, key) == value, key
         assert parsed.resume == "auto"
-        assert train.config_from_argv(["--config", str(path), "--epochs", "3"]).epochs == 3
-    small = train.config_from_argv(["--config", "runs/grid/e225/train_config.json"])
+        assert train_cli.config_from_argv(["--config", str(path), "--epochs", "3"]).epochs == 3
+    small = train_cli.config_from_argv(["--config", "runs/grid/e225/train_config.json"])
     assert (small.deterministic, small.energy, small.min_size) == (True, False, [640, 800])
     assert small.class_map == {"paragraph": "lyrics"}
     assert small.classes == ["drop-capital", "lyrics", "staff"]

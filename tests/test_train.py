@@ -344,7 +344,7 @@ def test_an_input_error_from_a_loader_worker_is_reported_as_one_line(tmp_path, c
 
 
 def test_a_restarted_torchrun_worker_resumes_without_being_asked(tmp_path, monkeypatch):
-    from maskdla.train import _resume_path
+    from maskdla.run_state import resume_path as _resume_path
 
     config = TrainConfig(out=str(tmp_path))
     assert _resume_path(config, tmp_path) is None  # nothing to resume
@@ -358,7 +358,7 @@ def test_a_restarted_torchrun_worker_resumes_without_being_asked(tmp_path, monke
 # ------------------------------------------------------------------ the run config
 
 def test_config_round_trips_through_json_and_toml_and_flags_override_it(tmp_path):
-    from maskdla.train import config_from_argv
+    from maskdla.train_cli import config_from_argv
 
     config = TrainConfig(backbone="vovnet19slim", epochs=3.5, min_size=[96, 128], max_size=160,
                          class_map={"paragraph": "text", "junk": None}, scale_lr=True,
@@ -375,7 +375,7 @@ def test_config_round_trips_through_json_and_toml_and_flags_override_it(tmp_path
 def test_anchor_scales_spread_anchors_over_the_octave_and_survive_a_checkpoint(tmp_path):
     from maskdla.checkpoint import load_model, save_checkpoint
     from maskdla.model import anchor_sizes, build_model_from_config
-    from maskdla.train import config_from_argv
+    from maskdla.train_cli import config_from_argv
 
     assert anchor_sizes(1) == ((32,), (64,), (128,), (256,), (512,))
     assert anchor_sizes(3)[0] == (32, 40.32, 50.8) and anchor_sizes(3)[4][2] == 812.75
@@ -468,7 +468,7 @@ def test_one_nan_step_is_skipped_counted_and_the_run_finishes(corpus, tmp_path, 
 
 
 def test_resuming_a_pretrained_run_needs_no_pretrained_flag(tmp_path):
-    from maskdla.train import _resumed_config
+    from maskdla.run_state import resumed_config as _resumed_config
 
     saved = TrainConfig(backbone="vovnet19slim", pretrained="body.pth", norm="frozenbn")
     checkpoint = {"optimizer": {}, "iteration": 2, "config": saved.to_dict()}
@@ -485,7 +485,8 @@ def test_resuming_a_pretrained_run_needs_no_pretrained_flag(tmp_path):
 def test_best_metric_paths_and_patience():
     from types import SimpleNamespace
 
-    from maskdla.train import Selection, _select, metric_value
+    from maskdla.evaluation.selection import Selection, metric_value
+    from maskdla.train import _select
 
     metrics = {"bbox": {"AP": 40.0}, "segm": {"AP": 30.0, "AP50": 55.5,
                                               "per_class": {"staff": 61.0}}}
@@ -590,7 +591,7 @@ def test_mask_resolution_56_predicts_56_pixel_masks_and_trains(corpus):
 
 def test_brightness_contrast_reaches_the_training_view_only(corpus):
     from maskdla.data.sources import run_data
-    from maskdla.train import config_from_argv
+    from maskdla.train_cli import config_from_argv
 
     config = config_from_argv(["--data", str(corpus), "--brightness-contrast", "0.3",
                                "--min-size", "96", "--max-size", "160"])
@@ -804,7 +805,7 @@ def test_a_bf16_run_on_the_cpu_trains_finite_losses_and_saves_float32_weights(co
 
 @pytest.mark.slow
 def test_a_run_folders_config_json_replays_the_run_with_the_same_metrics(corpus, tmp_path):
-    from maskdla.train import config_from_argv
+    from maskdla.train_cli import config_from_argv
 
     first = train(tiny_config(corpus, tmp_path / "first", epochs=1))
     saved = json.loads((tmp_path / "first" / "config.json").read_text())
@@ -883,6 +884,6 @@ def test_a_run_that_fails_before_its_first_step_leaves_nothing_behind(corpus, tm
     assert not (tmp_path / "runs").exists()
     assert sorted(path.name for path in experiment.iterdir()) == ["train_config.json"]
     # --resume auto (the launchers' flag) finds nothing to resume: the run starts afresh
-    from maskdla.train import _resume_path
+    from maskdla.run_state import resume_path as _resume_path
 
     assert _resume_path(tiny_config(data, experiment, resume="auto"), experiment) is None
