@@ -36,3 +36,23 @@ def tiny_checkpoint(tmp_path_factory):
         return made[min_size, max_size]
 
     return make
+
+
+@pytest.fixture()
+def write_scans(tmp_path):
+    """A factory: ``write_scans({"a.png": (height, width), "box/b.jpg": ...})`` writes
+    seeded random RGB images at those paths under tmp_path/scans and returns that folder."""
+    import numpy as np
+    from PIL import Image
+
+    def write(sizes):
+        rng = np.random.default_rng(0)
+        root = tmp_path / "scans"
+        root.mkdir(exist_ok=True)
+        for relative, size in sizes.items():
+            path = root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(path)
+        return root
+
+    return write

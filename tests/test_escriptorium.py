@@ -5,9 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 import zipfile
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from maskdla import read_layout
 from maskdla.errors import InputError
@@ -20,15 +18,8 @@ def checkpoint_path(tiny_checkpoint):
 
 
 @pytest.fixture()
-def scans(tmp_path):
-    """scans/a.png and scans/box/b.jpg"""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "scans"
-    for relative, size in (("a.png", (96, 70)), ("box/b.jpg", (80, 100))):
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(path)
-    return root
+def scans(write_scans):
+    return write_scans({"a.png": (96, 70), "box/b.jpg": (80, 100)})
 
 
 def _predict(checkpoint, scans, out, *extra):

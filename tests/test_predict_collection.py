@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from maskdla.data.pagexml import read_page
 from maskdla.errors import InputError
@@ -22,15 +20,10 @@ def checkpoint_path(tiny_checkpoint):
 
 
 @pytest.fixture()
-def tree(tmp_path):
+def tree(write_scans):
     """scans/a.png, scans/box1/b.jpg, scans/box1/folder/c.png, scans/box2/broken.jpg"""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "scans"
-    for relative, size in (("a.png", (96, 70)), ("box1/b.jpg", (80, 100)),
-                           ("box1/folder/c.png", (120, 90))):
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(path)
+    root = write_scans({"a.png": (96, 70), "box1/b.jpg": (80, 100),
+                        "box1/folder/c.png": (120, 90)})
     (root / "box2").mkdir()
     (root / "box2" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a JPEG")
     (root / ".hidden").mkdir()

@@ -389,13 +389,8 @@ def region_checkpoint(tiny_checkpoint):
 
 
 @pytest.fixture()
-def scans(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    for name, size in (("a.png", (120, 90)), ("b.jpg", (100, 130))):
-        Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(folder / name)
-    return folder
+def scans(write_scans):
+    return write_scans({"a.png": (120, 90), "b.jpg": (100, 130)})
 
 
 def check_written_lines(page: Page) -> None:
