@@ -2,6 +2,7 @@
 and an eScriptorium export ZIP is accepted as data (``--data``, ``convert``)."""
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 import zipfile
 
@@ -118,3 +119,26 @@ def test_a_zip_that_leaves_its_folder_is_refused(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="unsafe member '../outside.xml'"):
         convert_main(["to-coco", str(tmp_path / "evil.zip"), "--out", str(tmp_path / "out.json")])
     assert not (tmp_path / "out.json").exists() and not (tmp_path / "outside.xml").exists()
+
+
+def test_a_zip_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    """A run resolves --data once per split: the archive is read for its hash only the first
+    time, and again once its contents change (a new folder in the cache)."""
+    import hashlib
+
+    from maskdla.data import archives
+
+    monkeypatch.setenv("MASKDLA_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("DATA/train/a.xml", "<alto/>")
+    made = []
+    monkeypatch.setattr(archives.hashlib, "sha256",
+                        lambda: made.append(1) or hashlib.new("sha256"))
+    first = [archives.data_folder(archive) for _ in range(4)]
+    assert len(set(first)) == 1 and first[0].name == "DATA" and len(made) == 1
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("DATA/train/b.xml", "<alto/>")
+    os.utime(archive, ns=(0, archive.stat().st_mtime_ns + 10**9))  # coarse clocks
+    changed = archives.data_folder(archive)
+    assert changed != first[0] and (changed / "train" / "b.xml").is_file() and len(made) == 2

@@ -12,6 +12,7 @@ extracted.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -48,6 +49,14 @@ def data_folder(path: PathLike) -> Path:
 
 
 def _sha256(path: Path) -> str:
+    """The archive's hash; once per process for an unchanged file (a run resolves its
+    ``--data`` for each split, and an export may hold gigabytes of images)."""
+    stat = path.stat()
+    return _sha256_of(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(HASH_BLOCK), b""):
