@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 from maskdla.cli import non_negative_float, non_negative_int, positive_int, run_main
+from maskdla.data.formats import FORMATS, parse_formats
 from maskdla.errors import InputError
 from maskdla.files import (check_output_folder, read_json, write_bytes_atomic,
                            write_json_atomic, write_zip_atomic)
 from maskdla.prediction import (IMAGE_SUFFIXES, PagePipeline, Predictor, detections_to_page,
                                 page_to_coco_results)
 from maskdla.prediction.baselines import BASELINE_POSITION
-from maskdla.prediction.collection import (WRITERS, InputImage, PageRecord, check_formats,
-                                           find_images, predict_collection, zip_members)
+from maskdla.prediction.collection import (InputImage, PageRecord, find_images,
+                                           predict_collection, zip_members)
 from maskdla.prediction.pipeline import model_task
 from maskdla.prediction.engines import ENGINES
 from maskdla.zoo import is_shipped
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search the input folders' subfolders too; the output mirrors "
                              "the input tree")
     parser.add_argument("--format", default="page", metavar="page|alto|page,alto",
-                        help=f"what to write, comma-separated: {', '.join(WRITERS)} "
+                        help=f"what to write, comma-separated: {', '.join(FORMATS)} "
                              "(default page): <mirrored>/page/STEM.xml, <mirrored>/alto/STEM.xml")
     parser.add_argument("--skip-existing", action="store_true",
                         help="resume: leave out images whose outputs all exist")
@@ -169,7 +170,7 @@ def build_pipeline(args: argparse.Namespace) -> PagePipeline:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    formats = check_formats(args.format)
+    formats = parse_formats(args.format)
     out = Path(args.out)
     images = find_images(args.inputs, recursive=args.recursive, exclude=out)
     if args.coco and Path(args.coco).is_dir():
@@ -225,7 +226,7 @@ def write_bundle(zip_path: str, members: Sequence[Tuple[str, Path]],
     bundled = [member for member, image in zip(members, images)
                if status.get(str(image.path)) != "failed"]
     write_zip_atomic(zip_path, bundled)
-    print(f"maskdla: wrote {len(bundled)} {'PAGE-XML' if kind == 'page' else 'ALTO'} files "
+    print(f"maskdla: wrote {len(bundled)} {FORMATS[kind].title} files "
           f"to {zip_path}", file=sys.stderr)
 
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from maskdla.data.formats import FORMATS, parse_formats
 from maskdla.data.pagexml import read_page
 from maskdla.errors import InputError
 from maskdla.predict import main
-from maskdla.prediction.collection import (WRITERS, PageImages, check_formats, collate_pages,
-                                           find_images)
+from maskdla.prediction.collection import PageImages, collate_pages, find_images
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +63,10 @@ def test_decoding_in_workers_reports_broken_images_as_records(tree):
 
 
 def test_formats_table():
-    assert check_formats("page") == ("page",)
-    assert set(WRITERS) >= {"page", "alto"}
+    assert parse_formats("page") == ("page",)
+    assert set(FORMATS) >= {"page", "alto"}
     with pytest.raises(InputError, match="unknown format"):
-        check_formats("page,hocr")
+        parse_formats("page,hocr")
 
 
 def test_collection_run_resume_failures_and_manifest(checkpoint_path, tree, tmp_path, capsys):

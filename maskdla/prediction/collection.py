@@ -24,7 +24,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from tqdm import tqdm
 
-from maskdla.data.formats import FORMATS, parse_formats
+from maskdla.data.formats import FORMATS
 from maskdla.data.layout import read_layout
 from maskdla.errors import InputError
 from maskdla.files import remove_stale_temporaries
@@ -35,7 +35,7 @@ from maskdla.prediction.predictor import (IMAGE_SUFFIXES, Predictor, load_image,
                                           page_to_coco_results)
 
 __all__ = ["InputImage", "find_images", "PageImages", "LoadedPage", "collate_pages",
-           "WRITERS", "check_formats", "zip_members", "PageRecord", "as_pipeline", "predict_collection"]
+           "zip_members", "PageRecord", "as_pipeline", "predict_collection"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -181,16 +181,6 @@ def collate_pages(batch: List[LoadedPage]) -> List[LoadedPage]:
 
 # --------------------------------------------------------------------------------------
 # Writers
-
-
-#: the ``--format`` names: the one registry, :data:`maskdla.data.formats.FORMATS` (this
-#: name is kept for the callers that imported it from here)
-WRITERS = FORMATS
-
-
-def check_formats(text: str) -> Tuple[str, ...]:
-    """``--format page,alto`` -> ("page", "alto"); an unknown format is an InputError."""
-    return parse_formats(text)
 
 
 def zip_members(images: Sequence[InputImage], out: Path, kind: str,
