@@ -41,7 +41,8 @@ def pack_checkpoint(checkpoint_path: str, out: str, half: bool) -> None:
     print(json.dumps({"file": out, "sha256": sha256, "bytes": size}))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m maskdla.models``: ``list`` (the default) and ``pack``."""
     parser = argparse.ArgumentParser(prog="python -m maskdla.models",
                                      description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command")
@@ -51,7 +52,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     packer.add_argument("checkpoint")
     packer.add_argument("--out", required=True, help="the .safetensors file to write")
     packer.add_argument("--fp32", action="store_true", help="keep float32 (default float16)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "pack":
         pack_checkpoint(args.checkpoint, args.out, half=not args.fp32)
     else:

@@ -33,20 +33,25 @@ def machine_description() -> str:
     return text
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m maskdla.bench``: a subcommand per row of BENCHMARKS, its
+    flags the benchmark module's ``add_arguments``, plus ``--json``."""
     parser = argparse.ArgumentParser(prog="python -m maskdla.bench", description=__doc__)
     subparsers = parser.add_subparsers(dest="benchmark", required=True, metavar="NAME")
-    modules = {}
     for name, module_name in BENCHMARKS.items():
-        module = modules[name] = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
         sub = subparsers.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
         sub.add_argument("--json", action="store_true",
                          help="print the figures as one JSON object on the last line")
         module.add_arguments(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     print(f"machine: {machine_description()}")
     try:
-        result = modules[args.benchmark].run(args)
+        result = importlib.import_module(BENCHMARKS[args.benchmark]).run(args)
     except TrainingDiverged as error:  # a finding of the benchmark, not a bug: one line
         print(f"maskdla: bench {args.benchmark} stopped: {error}", file=sys.stderr)
         return 1
