@@ -43,6 +43,11 @@ def test_find_images_recursive_mirrors_the_tree(tree, tmp_path):
     (tree / "out" / "overlay").mkdir(parents=True)
     (tree / "out" / "overlay" / "a.jpg").write_bytes(b"x")
     assert len(find_images([tree], recursive=True, exclude=tree / "out")) == 4
+    # the output folder may be the input folder: its output folders are left out alone
+    (tree / "box1" / "overlay").mkdir()
+    (tree / "box1" / "overlay" / "b.jpg").write_bytes(b"x")
+    assert len(find_images([tree], recursive=True, exclude=tree)) == 4
+    assert [image.relative.as_posix() for image in find_images([tree], exclude=tree)] == ["a.png"]
     for folder in ("x", "y"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "p.png").write_bytes((tree / "a.png").read_bytes())
@@ -148,6 +153,23 @@ def test_alto_output_beside_page_and_resuming_from_alto_alone(checkpoint_path, t
     before, after = json.loads(first.read_text()), json.loads(second.read_text())
     assert len(after) == len(before) > 0
     assert [r["category_id"] for r in after] == [r["category_id"] for r in before]
+
+
+def test_predicting_into_the_input_folder_writes_page_beside_the_images(checkpoint_path,
+                                                                         tree, capsys):
+    """--out the input folder itself (the layout Transkribus imports): page/ beside the
+    images, and a second run with --overlay finds the same images, not its own output."""
+    (tree / "box2" / "broken.jpg").unlink()
+    arguments = [str(checkpoint_path), str(tree), "--out", str(tree), "--recursive",
+                 "--score-thresh", "0", "--max-detections", "5", "--workers", "0"]
+    assert main(arguments + ["--overlay"]) == 0
+    assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("page/*.xml")) == [
+        "box1/folder/page/c.xml", "box1/page/b.xml", "page/a.xml"]
+    assert read_page(tree / "box1" / "page" / "b.xml").image_filename == "b.jpg"
+    assert (tree / "box1" / "overlay" / "b.jpg").is_file()
+    capsys.readouterr()
+    assert main(arguments + ["--overlay", "--skip-existing"]) == 0
+    assert "3 pages" in capsys.readouterr().err
 
 
 def test_a_second_resume_keeps_the_figures_and_stale_temporaries_go(checkpoint_path, tree,

@@ -61,11 +61,26 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+#: the folders maskdla writes a page's outputs into (:meth:`InputImage.output`)
+OUTPUT_FOLDERS = frozenset([*(layout.folder for layout in FORMATS.values()), "overlay"])
+
+
+def _written_below(path: Path, out: Path) -> bool:
+    """Whether ``path`` lies in one of the output folders below ``out`` (resolved)."""
+    try:
+        relative = path.resolve().relative_to(out)
+    except ValueError:
+        return False
+    return any(part in OUTPUT_FOLDERS for part in relative.parts[:-1])
+
+
 def find_images(inputs: Sequence[PathLike], recursive: bool = False,
                 exclude: Optional[PathLike] = None) -> List[InputImage]:
     """Image files named or inside the folders named, in the given order, each folder
     sorted by relative path; ``recursive`` searches every subfolder too (hidden ones
-    excepted). Files below ``exclude`` (the output folder) are left out.
+    excepted). What maskdla writes below ``exclude`` (the output folder: its ``page/``,
+    ``alto/`` and ``overlay/`` folders at any depth) is left out, so ``--out`` may be the
+    input folder itself (Transkribus's layout: the images, and ``page/`` beside them).
 
     Raises:
         InputError: a path that does not exist, a folder without images, a file that is
@@ -80,7 +95,7 @@ def find_images(inputs: Sequence[PathLike], recursive: bool = False,
             for path in candidates:
                 relative = path.relative_to(item)
                 if (any(part.startswith(".") for part in relative.parts) or not _is_image(path)
-                        or (skip is not None and skip in path.resolve().parents)):
+                        or (skip is not None and _written_below(path, skip))):
                     continue
                 found.append(InputImage(path, relative))
             if not found:
