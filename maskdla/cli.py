@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import warnings
 from typing import Callable, Optional, Sequence
@@ -12,6 +13,8 @@ from maskdla.errors import InputError
 #: Exit code for bad input (files, flags): argparse uses 2 for bad flags, we match it.
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE, the code of a shell tool whose reader closed the pipe
+EXIT_BROKEN_PIPE = 141
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]],
@@ -19,7 +22,7 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     """Run a CLI ``main(argv) -> exit code`` and exit with its code.
 
     :class:`InputError` becomes one line ``maskdla: error: ...`` on stderr and exit code 2,
-    Ctrl-C exit code 130; neither prints a traceback. Anything else is a bug and keeps its
+    Ctrl-C exit code 130, a closed pipe on stdout 141; none prints a traceback. Anything else is a bug and keeps its
     traceback. The libraries' warnings about the input (:func:`quiet_library_warnings`)
     are not shown: maskdla says what it did with such input in its own words.
     """
@@ -33,6 +36,10 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     except KeyboardInterrupt:
         print("maskdla: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except BrokenPipeError:  # `maskdla models | head`: the reader left, as a shell tool does
+        # the interpreter would flush stdout again at exit and print the error there
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     sys.exit(code or 0)
 
 

@@ -67,3 +67,17 @@ def test_the_libraries_warnings_on_bad_input_are_not_shown_beside_maskdlas_lines
         f"maskdla: {tmp_path / 'page' / 'small.xml'}: region r1: self-intersection repaired "
         "and clipped to the page"]
     assert "repaired 1, clipped 1, skipped 0" in done.stdout  # maskdla's own summary stays
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_without_a_traceback():
+    """``maskdla models | head -1``: the write into the closed pipe ends the program
+    quietly with 141 (128 + SIGPIPE), as a shell tool's does."""
+    program = ("from maskdla.cli import run_main\n"
+               "run_main(lambda argv: [print('x' * 100, flush=True) for _ in range(10**5)] and 0)")
+    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.readline()
+    process.stdout.close()
+    error = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert "Traceback" not in error and "BrokenPipeError" not in error, error
