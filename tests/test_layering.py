@@ -43,7 +43,7 @@ LAYERS: List[Tuple[str, ...]] = [
     ("maskdla.tensorboard",),
     ("maskdla.train_cli",),
     ("maskdla.train",),
-    ("maskdla.experiments", "maskdla.report"),
+    ("maskdla.experiments", "maskdla.report", "maskdla.ocrd"),
     # may use anything: the benchmarks, the `maskdla X` dispatcher, the lazy facade
     ("maskdla.bench", "maskdla.__main__", "maskdla"),
 ]

@@ -25,7 +25,7 @@ from maskdla.errors import InputError
 from maskdla.files import write_bytes_atomic
 
 __all__ = ["read_page", "write_page", "page_to_xml", "parse_points", "parse_custom",
-           "RepairReport", "parse_class_map", "clean_polygon", "find_image", "image_candidates"]
+           "RepairReport", "parse_class_map", "structure_custom", "clean_polygon", "find_image", "image_candidates"]
 
 PAGE_2019_NAMESPACE = "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
 _PAGE_NAMESPACE = re.compile(r"^https?://schema\.primaresearch\.org/PAGE/gts/pagecontent/[\d-]+$")
@@ -80,6 +80,12 @@ def parse_custom(custom: Optional[str]) -> Dict[str, Dict[str, str]]:
 def _escape_custom(value: str) -> str:
     """Escape a value for a ``custom`` block the Transkribus way (``\\uXXXX``)."""
     return "".join(c if c.isalnum() or c in "-_." else f"\\u{ord(c):04x}" for c in value)
+
+
+def structure_custom(label: str) -> str:
+    """The ``custom`` block naming a region's or line's class, as Transkribus writes it and
+    eScriptorium reads it: ``structure {type:MainZone;}`` (escaped)."""
+    return f"structure {{type:{_escape_custom(label)};}}"
 
 
 def resolve_label(element: ET.Element, custom: Mapping[str, Mapping[str, str]]) -> str:
@@ -279,8 +285,8 @@ def page_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
     written_line_ids = dict(zip((id(line) for line in page.lines), legal[len(page.regions):]))
     for region in page.regions:
         element_name = _region_element(region)
-        custom = f"readingOrder {{index:{position[ids[id(region)]]};}} " \
-                 f"structure {{type:{_escape_custom(region.label)};}}"
+        custom = (f"readingOrder {{index:{position[ids[id(region)]]};}} "
+                  + structure_custom(region.label))
         if region.score is not None:
             custom += f" score {{value:{region.score:.4g};}}"
         attributes = {"id": ids[id(region)], "custom": custom}
@@ -308,8 +314,7 @@ def page_to_xml(page: Page, created: Optional[datetime] = None) -> bytes:
 def _line_custom(line: TextLine, index: int) -> str:
     """A TextLine's ``custom``: its index in its region, its class and its score
     (Transkribus style, as for regions)."""
-    custom = (f"readingOrder {{index:{index};}} "
-              f"structure {{type:{_escape_custom(line.label)};}}")
+    custom = f"readingOrder {{index:{index};}} " + structure_custom(line.label)
     if line.score is not None:
         custom += f" score {{value:{line.score:.4g};}}"
     return custom
