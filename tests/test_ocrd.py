@@ -34,8 +34,13 @@ PAGE_MIMETYPE = "application/vnd.prima.page+xml"
 
 def run(arguments: Sequence[str], cwd: Path = REPOSITORY, timeout: int = 300
         ) -> subprocess.CompletedProcess:
-    """A command's completed process (text stdout/stderr), never raising on its exit code."""
-    return subprocess.run(list(arguments), cwd=cwd, capture_output=True, text=True,
+    """A command's completed process (text stdout/stderr), never raising on its exit code.
+    A console script (``ocrd``, ``ocrd-maskdla-segment``) is taken from this Python's own
+    scripts folder first: pip may put it off PATH (a venv not activated, --user)."""
+    command, *rest = arguments
+    beside = Path(sys.executable).parent / command
+    command = str(beside) if beside.is_file() else (shutil.which(command) or command)
+    return subprocess.run([command, *rest], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
 
