@@ -132,6 +132,9 @@ class TrainConfig:
     patience: int = 0
     #: validation split taken from train by seed (0: DATA/val/ when present, else none)
     val_fraction: float = 0.0
+    #: a data folder without train/ and test/ (an eScriptorium export): this fraction of
+    #: its pages, drawn by seed, is the test split and the rest the train split
+    test_fraction: float = 0.1
     #: write TensorBoard event files under the run folder (the ``tensorboard`` extra)
     tensorboard: bool = False
     log_every: int = 20
@@ -291,6 +294,8 @@ class TrainConfig:
             raise InputError(f"--brightness-contrast must be in [0, 1), got {self.brightness_contrast!r}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not 0 < self.test_fraction < 1:
+            raise InputError(f"--test-fraction must be in (0, 1), got {self.test_fraction!r}")
         if not all(self.best_metric.split(".")):
             raise InputError(f"--best-metric {self.best_metric!r}: expected a dotted path into "
                              "metrics.json such as segm.AP, segm.AP50 or bbox.AP")

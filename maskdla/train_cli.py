@@ -78,6 +78,10 @@ def _data_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
     add("--val-fraction", type=_fraction, default=defaults.val_fraction,
         help="validation split: this fraction of the train pages, drawn by --seed (0: "
              "DATA/val/ when present, else evaluations during training use the test split)")
+    add("--test-fraction", type=_fraction, default=defaults.test_fraction,
+        help="a --data folder without train/ and test/ (an eScriptorium export: the XML "
+             "beside its images): this fraction of its pages, drawn by --seed, is the test "
+             "split, the rest the train split")
     add("--classes", nargs="+", help="class names in label order (default: sorted names found)")
     add("--class-map", nargs="+", default=[], metavar="OLD=NEW",
         help="rename or merge classes (paragraph=text); OLD= drops a class, *= drops every "

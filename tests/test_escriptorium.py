@@ -142,3 +142,38 @@ def test_a_zip_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch
     os.utime(archive, ns=(0, archive.stat().st_mtime_ns + 10**9))  # coarse clocks
     changed = archives.data_folder(archive)
     assert changed != first[0] and (changed / "train" / "b.xml").is_file() and len(made) == 2
+
+
+def test_a_flat_export_is_training_data_with_a_drawn_test_split(tmp_path, monkeypatch):
+    """An eScriptorium export (the XML beside its images, no train/ and test/) as --data:
+    --test-fraction of its pages, drawn by --seed, are the test split, the same draw for
+    every reader of the run's data; a folder of one page cannot be split."""
+    from maskdla.config import TrainConfig
+    from maskdla.data.sources import run_data, run_dataset
+    from maskdla.data.synthetic import generate_corpus
+
+    monkeypatch.setenv("MASKDLA_CACHE", str(tmp_path / "cache"))
+    corpus = generate_corpus(tmp_path / "corpus", pages=6, train=6, width=160)
+    archive = _zip_folder(corpus / "train", tmp_path / "export.zip")
+    config = TrainConfig(data=str(archive), test_fraction=0.34, seed=3, min_size=[128],
+                         max_size=200)
+    data = run_data(config)
+    train_names = {image["file_name"] for image in data.train.coco["images"]}
+    test_names = {image["file_name"] for image in data.test.coco["images"]}
+    assert (len(train_names), len(test_names)) == (4, 2) and not train_names & test_names
+    assert data.train.train and not data.test.train and data.val is None
+    assert data.test.classes == data.train.classes
+    again = run_dataset(config, "test", classes=data.train.classes)  # eval CKPT redraws it
+    assert {image["file_name"] for image in again.coco["images"]} == test_names
+    other_seed = run_dataset(TrainConfig(**{**config.to_dict(), "seed": 4}), "test")
+    assert len(other_seed) == 2
+    with pytest.raises(InputError, match="no 'val'"):
+        run_dataset(config, "val")
+    single = tmp_path / "single"
+    (single / "page").mkdir(parents=True)
+    image = sorted((corpus / "train").glob("*.jpg"))[0]
+    (single / image.name).write_bytes(image.read_bytes())
+    page = corpus / "train" / "page" / f"{image.stem}.xml"
+    (single / "page" / page.name).write_bytes(page.read_bytes())
+    with pytest.raises(InputError, match="too few to draw a test split"):
+        run_data(TrainConfig(data=str(single), min_size=[128], max_size=200))

@@ -440,9 +440,10 @@ class Dataset(torch.utils.data.Dataset):
         if not folder.is_dir() and is_zip(root):
             raise InputError(f"the archive has no {split}/ folder: as data for training and "
                              "evaluation it needs train/ and test/ at its top, each with its "
-                             "images and their PAGE or ALTO XML (an eScriptorium export is "
-                             "flat: put its files into train/ and test/ and zip those, or "
-                             "give it to python -m maskdla.convert)", root)
+                             "images and their PAGE or ALTO XML (a flat eScriptorium export "
+                             "is training data as it is: maskdla train --data draws its test "
+                             "split, --test-fraction; maskdla eval CKPT without --data draws "
+                             "the same)", root)
         if not folder.is_dir():
             raise InputError("no such dataset folder (expected DATA/train/*.jpg with its PAGE "
                              "or ALTO XML in DATA/train/page/, DATA/train/alto/ or next to "

@@ -3,7 +3,8 @@
 A run's :class:`~maskdla.config.TrainConfig` names its data in one of three ways, first
 match wins: ``train_ann``/``test_ann`` (COCO JSON files with ``train_images``/
 ``test_images``), ``data`` (a dataset folder: DATA/train, DATA/test, and DATA/val when
-there is one; or a ZIP of one), or neither: the embedded synthetic corpus (``synthetic_pages``,
+there is one; a flat folder without them, such as an eScriptorium export, whose
+``test_fraction`` of pages drawn by ``seed`` is the test split; or a ZIP of either), or neither: the embedded synthetic corpus (``synthetic_pages``,
 ``synthetic_train``, ``synthetic_width``, seed 0), generated once and cached. A validation
 split is DATA/val, or ``val_fraction`` of the train pages drawn by ``seed``.
 """
@@ -57,10 +58,45 @@ def run_dataset(config: "TrainConfig", split: str, *, train: bool = False,
         annotations = given or config.test_ann
         images = getattr(config, f"{split}_images") if given else config.test_images
         dataset = Dataset.from_coco(annotations, images, **options)
+    elif is_flat(_root(config)):
+        dataset = flat_split(config, _root(config), split, options)
     else:
         dataset = Dataset.from_folder(_root(config), split, instances=config.task, **options)
     report_specks(dataset, config.min_region_size, split)
     return dataset
+
+
+def is_flat(root: Path) -> bool:
+    """A data folder with neither train/ nor test/ (its pages at its top, or in its page/
+    or alto/ folder, as an eScriptorium or Transkribus export has them)."""
+    return root.is_dir() and not (root / "train").is_dir() and not (root / "test").is_dir()
+
+
+def flat_split(config: "TrainConfig", root: Path, split: str,
+               options: Dict[str, Any]) -> Dataset:
+    """``split`` ("train" or "test") of a flat data folder: ``config.test_fraction`` of its
+    pages (at least one, never all), drawn by ``config.seed``, are the test split and the
+    rest the train split, the same draw for training and for a later evaluation.
+
+    Raises:
+        InputError: another split name, or a folder of one page.
+    """
+    if split not in ("train", "test"):
+        raise InputError(f"a data folder without train/ and test/ has only the train and "
+                         f"test splits the run draws (--test-fraction), no {split!r}", root)
+    # read at the test view, its repair notes printed once (for the train split)
+    read = dict(options, **_view(config, False))
+    whole = Dataset.from_folder(root, None, instances=config.task,
+                                verbosity=1 if split == "train" else 0, **read)
+    ids = sorted(image["id"] for image in whole.coco["images"])
+    count = min(max(1, round(config.test_fraction * len(ids))), len(ids) - 1)
+    if count < 1:
+        raise InputError(f"{len(ids)} page(s) without train/ and test/ folders: too few to "
+                         "draw a test split from (--test-fraction)", root)
+    test_ids = set(random.Random(config.seed).sample(ids, count))
+    chosen = test_ids if split == "test" else set(ids) - test_ids
+    # the classes are mapped already: the subset takes only the split's view
+    return _subset(whole, chosen, _view(config, options["train"]))
 
 
 def report_specks(dataset: Dataset, min_region_size: float, split: str) -> None:
