@@ -4,8 +4,9 @@ A run's :class:`~maskdla.config.TrainConfig` names its data in one of three ways
 match wins: ``train_ann``/``test_ann`` (COCO JSON files with ``train_images``/
 ``test_images``), ``data`` (a dataset folder: DATA/train, DATA/test, and DATA/val when
 there is one; a flat folder without them, such as an eScriptorium export, whose
-``test_fraction`` of pages drawn by ``seed`` is the test split; or a ZIP of either), or neither: the embedded synthetic corpus (``synthetic_pages``,
-``synthetic_train``, ``synthetic_width``, seed 0), generated once and cached. A validation
+``test_fraction`` of pages drawn by ``seed`` is the test split; or a ZIP of either), or
+neither: the embedded synthetic corpus (``synthetic_pages``, ``synthetic_train``,
+``synthetic_width``, seed 0), generated once and cached. A validation
 split is DATA/val, or ``val_fraction`` of the train pages drawn by ``seed``.
 """
 from __future__ import annotations
