@@ -46,11 +46,11 @@ from maskdla.evaluation.coco import coco_metrics, format_table, load_ground_trut
 from maskdla.evaluation.layout import (PageRegions, format_layout_tables, layout_metrics,
                                        worst_pages)
 from maskdla.evaluation.layout_inputs import (predictions_from_pages, predictions_from_results,
-                                              results_from_predictions,
-                                              results_layout_metrics, save_side_by_side,
+                                              results_from_predictions, save_side_by_side,
                                               truth_from_coco)
 from maskdla.evaluation.lines import format_line_tables, line_metrics, page_table
-from maskdla.evaluation.proposals import format_recall_table, proposal_recall
+from maskdla.evaluation.evaluators import EvaluationInputs, run_evaluators
+from maskdla.evaluation.proposals import format_recall_table
 from maskdla.files import write_bytes_atomic, write_json_atomic
 from maskdla.inference import resolve_device, test_size
 
@@ -319,18 +319,15 @@ def _score_checkpoint(args: argparse.Namespace) -> Tuple[dict, dict, Dict[Any, A
                                    classes=list(checkpoint["classes"]))
     if args.save_results:
         write_json_atomic(args.save_results, results)
-    metrics = coco_metrics(dataset.coco, results, verbose=args.verbose)
+    names = ["coco", *([] if args.no_layout else ["layout"]),
+             *(["proposals"] if args.proposal_recall else [])]
+    metrics = run_evaluators(names, EvaluationInputs(
+        model, dataset, results, batch_size=args.batch_size, device=device,
+        num_workers=args.workers, classes=list(checkpoint["classes"]), verbose=args.verbose,
+        match_iou=args.match_iou, score_thresh=args.score_thresh))
     predicted: Dict[Any, Any] = {}
-    if not args.no_layout:
-        metrics["layout"] = results_layout_metrics(dataset.coco, results,
-                                                   match_iou=args.match_iou,
-                                                   score_thresh=args.score_thresh)
-        if args.worst:
-            predicted = predictions_from_results(results, dataset.coco, args.score_thresh)
-    if args.proposal_recall:
-        metrics["proposals"] = proposal_recall(model, dataset, batch_size=args.batch_size,
-                                               device=device, num_workers=args.workers,
-                                               classes=list(checkpoint["classes"]))
+    if not args.no_layout and args.worst:
+        predicted = predictions_from_results(results, dataset.coco, args.score_thresh)
     return metrics, dataset.coco, predicted, Path(dataset.image_dir)
 
 

@@ -27,7 +27,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from maskdla.evaluation.evaluators import EVALUATORS, EvaluationInputs
+from maskdla.evaluation.evaluators import EVALUATORS, EvaluationInputs, run_evaluators
 from maskdla.evaluation.results import detections_to_coco_results
 from maskdla.distributed import all_gather_objects, broadcast_object
 from maskdla.errors import InputError
@@ -206,11 +206,5 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
                                   device=torch.device(device) if device is not None else None,
                                   num_workers=num_workers, classes=classes, verbose=verbose,
                                   match_iou=match_iou, score_thresh=score_thresh)
-        for name in names:
-            evaluator = EVALUATORS[name]
-            start = time.perf_counter()
-            metrics.update(evaluator.score(inputs))
-            if timings is not None:
-                timings[evaluator.timing] = (timings.get(evaluator.timing, 0.0)
-                                             + time.perf_counter() - start)
+        metrics = run_evaluators(names, inputs, timings)
     return broadcast_object(metrics)

@@ -11,6 +11,7 @@ in, its blocks out) and add its row to :data:`EVALUATORS`.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -21,7 +22,8 @@ from maskdla.evaluation.coco import STAT_INDEX, coco_metrics
 from maskdla.evaluation.layout_inputs import results_layout_metrics
 from maskdla.evaluation.proposals import proposal_recall
 
-__all__ = ["EvaluationInputs", "Evaluator", "EVALUATORS", "check_best_metric", "evaluators_for"]
+__all__ = ["EvaluationInputs", "Evaluator", "EVALUATORS", "run_evaluators", "check_best_metric",
+           "evaluators_for"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,21 @@ EVALUATORS: Dict[str, Evaluator] = {evaluator.name: evaluator for evaluator in (
               "baseline P/R/F1 and line-polygon IoU F1 of predicted PAGE/ALTO files "
               "(maskdla.evaluation.lines; python -m maskdla.eval --lines)"),
 )}
+
+
+def run_evaluators(names: Sequence[str], inputs: EvaluationInputs,
+                   timings: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+    """The blocks of the evaluators ``names`` (rows of :data:`EVALUATORS` that score a
+    model), in that order; each one's seconds added to ``timings[evaluator.timing]``."""
+    metrics: Dict[str, Any] = {}
+    for name in names:
+        evaluator = EVALUATORS[name]
+        start = time.perf_counter()
+        metrics.update(evaluator.score(inputs))
+        if timings is not None:
+            timings[evaluator.timing] = (timings.get(evaluator.timing, 0.0)
+                                         + time.perf_counter() - start)
+    return metrics
 
 
 def _owner(block: str) -> Optional[Evaluator]:
