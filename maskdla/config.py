@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from maskdla.backbones import NORMS, V1_ROWS, default_norm, resolve_name
+from maskdla.data.augment import AUGMENTATIONS, check_settings
+from maskdla.data.dataset import View
 from maskdla.data.lines import INSTANCE_KINDS
 from maskdla.errors import InputError
 from maskdla.files import read_json, write_bytes_atomic
@@ -76,8 +78,9 @@ class TrainConfig:
     clip_grad_norm: float = 10.0
     #: a step with a NaN/inf loss (or gradient) is skipped; this many in a row stop the run
     nonfinite_limit: int = 5
-    min_size: List[int] = field(default_factory=lambda: [800])
-    max_size: int = 1333
+    #: the Dataset's defaults (maskdla.data.dataset.View): 800 and 1333, torchvision's
+    min_size: List[int] = field(default_factory=lambda: list(View().min_sizes))
+    max_size: int = View.max_size
     #: None: frozenbn with ``pretrained``, else gn (resolved when the run starts)
     norm: Optional[str] = None
     pretrained: Optional[str] = None
@@ -100,20 +103,24 @@ class TrainConfig:
     #: side of the predicted instance masks: 28 (torchvision's) or 56 (finer masks for long,
     #: thin regions; RoIAlign of the mask head at 28 instead of 14)
     mask_resolution: int = 28
-    #: training augmentation: random brightness and contrast factors in [1 - x, 1 + x] (0: off)
-    brightness_contrast: float = 0.0
+    #: training augmentations: a field per row of maskdla.data.augment.AUGMENTATIONS, its
+    #: default the row's (off). Random horizontal flip (off: page layout is not
+    #: mirror-symmetric)
+    hflip: bool = AUGMENTATIONS["hflip"].default
+    #: random brightness and contrast factors in [1 - x, 1 + x] (0: off)
+    brightness_contrast: float = AUGMENTATIONS["brightness_contrast"].default
     #: class-balanced sampling: pages holding a class present on fewer than this fraction
     #: of the training pages are repeated (LVIS's repeat-factor sampling; 0: uniform)
     repeat_threshold: float = 0.0
     #: regions under this many pixels (sqrt(w x h) at the test size) are "specks": kept out
     #: of the training targets and ignored (COCO iscrowd) by the evaluation (0: none)
-    min_region_size: float = 0.0
+    min_region_size: float = View.min_region_size
     #: None: bf16 on CUDA cards that support it, else off
     amp: Optional[str] = None
     workers: int = 2
     #: keep decoded, resized training images in each loader worker's memory (decoding is
     #: most of a page's loading time; costs ~3 MB per page at 800 px per worker)
-    cache_images: bool = False
+    cache_images: bool = View.cache
     #: "epoch": a new pass over the DataLoader each epoch (its prefetch queue drains at each
     #: epoch's end); "run": one pass over the rest of the run (see
     #: maskdla.data.samplers.EpochBatches). On the 2-core CPU "run" halves the data wait but
@@ -290,8 +297,7 @@ class TrainConfig:
             raise InputError(f"--min-region-size must be >= 0, got {self.min_region_size!r}")
         if not 0 <= self.repeat_threshold <= 1:
             raise InputError(f"--repeat-threshold must be in [0, 1], got {self.repeat_threshold!r}")
-        if not 0 <= self.brightness_contrast < 1:
-            raise InputError(f"--brightness-contrast must be in [0, 1), got {self.brightness_contrast!r}")
+        check_settings(self, flags=True)  # the augmentations (maskdla.data.augment)
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
         if not 0 < self.test_fraction < 1:

@@ -541,6 +541,25 @@ def _add(total: float, count: int, peak: Optional[float], value: float
 # The meter
 # --------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class MeterSources:
+    """Where an :class:`EnergyMeter` takes its readings from (tests pass fakes here).
+
+    Attributes:
+        nvml: the NVML binding to use (an object with pynvml's functions); None = the real
+            pynvml where importable.
+        powercap_root: folder holding the RAPL powercap domains.
+        cpu_seconds: the CPU-seconds clock the CPU energy estimate and CPU use read, called
+            once per sample; default :func:`process_tree_cpu_seconds`.
+        process_ids: processes whose GPU memory counts as "process memory"; None = this one.
+    """
+
+    nvml: Any = None
+    powercap_root: str = "/sys/class/powercap"
+    cpu_seconds: Callable[[], float] = process_tree_cpu_seconds
+    process_ids: Optional[Iterable[int]] = None
+
+
 class EnergyMeter:
     """Background thread measuring time, GPU memory/utilisation/energy, process memory/CPU
     and CPU package energy; see the module docstring.
@@ -552,16 +571,13 @@ class EnergyMeter:
             device when it is unset.
         price_per_kwh: electricity price used for ``cost``.
         currency: name of the price's currency, for display.
-        nvml: the NVML binding to use (an object with pynvml's functions); None = the real
-            pynvml where importable. Tests pass a fake here.
         csv_path: where to write the timeline (see :data:`CSV_COLUMNS`) when the meter stops,
             atomically; None = no file. Its folder must exist.
-        process_ids: processes whose GPU memory counts as "process memory"; None = this one.
-        powercap_root: folder holding the RAPL powercap domains (tests point it at a fake).
         cpu_watts_per_core: watts one busy core draws, for the CPU energy estimate where RAPL
             is unreadable (:data:`DEFAULT_CPU_WATTS_PER_CORE`).
-        cpu_seconds: the CPU-seconds clock the estimate and CPU use read, called once per
-            sample; default :func:`process_tree_cpu_seconds`. Tests pass a scripted one.
+        sources: where the readings come from (:class:`MeterSources`: the NVML binding, the
+            RAPL folder, the CPU-seconds clock, the processes whose GPU memory counts); tests
+            pass fakes.
 
     Use ``with EnergyMeter(...) as meter: train()`` or ``meter.start()`` ... ``meter.stop()``;
     then ``meter.summary()``. Stopping is immediate, and also happens when the ``with`` body
@@ -569,12 +585,10 @@ class EnergyMeter:
     """
 
     def __init__(self, interval: float = 1.0, devices: Optional[Sequence[DeviceSpec]] = None,
-                 price_per_kwh: float = 0.246, currency: str = "EUR", nvml: Any = None,
+                 price_per_kwh: float = 0.246, currency: str = "EUR",
                  csv_path: Optional[Union[str, os.PathLike]] = None, *,
-                 process_ids: Optional[Iterable[int]] = None,
-                 powercap_root: str = "/sys/class/powercap",
                  cpu_watts_per_core: float = DEFAULT_CPU_WATTS_PER_CORE,
-                 cpu_seconds: Callable[[], float] = process_tree_cpu_seconds):
+                 sources: MeterSources = MeterSources()):
         if not interval > 0:
             raise ValueError(f"interval must be positive, got {interval}")
         if not price_per_kwh >= 0:
@@ -583,15 +597,16 @@ class EnergyMeter:
             raise ValueError(f"cpu_watts_per_core must be a positive number, got "
                              f"{cpu_watts_per_core}")
         self.cpu_watts_per_core = float(cpu_watts_per_core)
-        self._cpu_seconds = cpu_seconds
+        self._cpu_seconds = sources.cpu_seconds
         self.interval = float(interval)
         self.devices = None if devices is None else list(devices)
         self.price_per_kwh = float(price_per_kwh)
         self.currency = currency
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
-        self.process_ids = {os.getpid()} if process_ids is None else set(process_ids)
-        self._nvml = nvml
-        self._powercap_root = powercap_root
+        self.process_ids = ({os.getpid()} if sources.process_ids is None
+                            else set(sources.process_ids))
+        self._nvml = sources.nvml
+        self._powercap_root = sources.powercap_root
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
         self._thread: Optional[threading.Thread] = None

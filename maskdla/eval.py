@@ -35,13 +35,13 @@ from maskdla.checkpoint import load_model
 from maskdla.cli import non_negative_float, non_negative_int, positive_float, positive_int, run_main
 from maskdla.data.archives import data_folder
 from maskdla.data.coco import folder_to_coco
-from maskdla.data.dataset import Dataset
+from maskdla.data.dataset import Dataset, View
 from maskdla.data.layout import collect_layout_files, read_layout
 from maskdla.data.page import Page
 from maskdla.data.reading import UnknownClasses
 from maskdla.data.sources import report_specks, run_dataset
 from maskdla.errors import InputError
-from maskdla.evaluation import evaluate, predict_coco_results
+from maskdla.evaluation import EvalSettings, evaluate, predict_coco_results
 from maskdla.evaluation.coco import coco_metrics, format_table, load_ground_truth, load_results
 from maskdla.evaluation.layout import (PageRegions, format_layout_tables, layout_metrics,
                                        worst_pages)
@@ -54,7 +54,10 @@ from maskdla.evaluation.proposals import format_recall_table
 from maskdla.files import write_bytes_atomic, write_json_atomic
 from maskdla.inference import resolve_device, test_size
 
-__all__ = ["evaluate", "predict_coco_results", "build_parser", "main"]
+__all__ = ["EvalSettings", "evaluate", "predict_coco_results", "build_parser", "main"]
+
+#: the defaults of the flags that are evaluation settings
+DEFAULTS = EvalSettings()
 
 
 def _check_writable(path: Optional[str]) -> None:
@@ -88,8 +91,9 @@ def _dataset(args: argparse.Namespace, checkpoint: Dict[str, Any]) -> Any:
     classes = list(checkpoint["classes"])
     min_size, max_size = test_size(config)
     options = {"classes": classes, "class_map": config.class_map,
-               "fold_subtypes": config.fold_subtypes, "min_size": min_size, "max_size": max_size,
-               "min_region_size": config.min_region_size}
+               "fold_subtypes": config.fold_subtypes,
+               "view": View(min_size=min_size, max_size=max_size,
+                            min_region_size=config.min_region_size)}
     try:
         if not (args.ann or args.data):
             return run_dataset(config, args.split, classes=classes)
@@ -159,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="JSON", help="write the metrics to this file")
     parser.add_argument("--save-results", metavar="JSON",
                         help="also write the model's COCO results (RLE masks) to this file")
-    parser.add_argument("--batch-size", type=positive_int, default=2,
-                        help="images per forward pass (default: 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
+                        help=f"images per forward pass (default: {DEFAULTS.batch_size})")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=2,
@@ -184,13 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     layout = parser.add_argument_group("layout metrics")
     layout.add_argument("--no-layout", action="store_true",
                         help="COCO metrics only (no region, pixel and reading-order figures)")
-    layout.add_argument("--match-iou", type=_fraction, default=0.5,
+    layout.add_argument("--match-iou", type=_fraction, default=DEFAULTS.match_iou,
                         help="IoU from which a predicted region matches a ground-truth region "
-                             "(default: 0.5)")
-    layout.add_argument("--score-thresh", type=_score, default=0.5,
+                             f"(default: {DEFAULTS.match_iou})")
+    layout.add_argument("--score-thresh", type=_score, default=DEFAULTS.score_thresh,
                         help="COCO results (a checkpoint's or a file's) scoring below are not "
-                             "regions for the layout metrics (default: 0.5, as "
-                             "maskdla.predict); PAGE predictions keep all their regions")
+                             f"regions for the layout metrics (default: {DEFAULTS.score_thresh}, "
+                             "as maskdla.predict); PAGE predictions keep all their regions")
     layout.add_argument("--worst", type=non_negative_int, default=0, metavar="N",
                         help="draw the N pages of lowest region F1 beside their ground truth "
                              "into --worst-dir")
@@ -314,17 +318,16 @@ def _score_checkpoint(args: argparse.Namespace) -> Tuple[dict, dict, Dict[Any, A
     if args.box_score_thresh is not None:
         model.roi_heads.score_thresh = args.box_score_thresh
     dataset = _dataset(args, checkpoint)
-    results = predict_coco_results(model, dataset, batch_size=args.batch_size,
-                                   device=device, num_workers=args.workers,
-                                   classes=list(checkpoint["classes"]))
+    settings = EvalSettings(batch_size=args.batch_size, device=device,
+                            num_workers=args.workers, classes=list(checkpoint["classes"]),
+                            verbose=args.verbose, match_iou=args.match_iou,
+                            score_thresh=args.score_thresh)
+    results = predict_coco_results(model, dataset, settings)
     if args.save_results:
         write_json_atomic(args.save_results, results)
     names = ["coco", *([] if args.no_layout else ["layout"]),
              *(["proposals"] if args.proposal_recall else [])]
-    metrics = run_evaluators(names, EvaluationInputs(
-        model, dataset, results, batch_size=args.batch_size, device=device,
-        num_workers=args.workers, classes=list(checkpoint["classes"]), verbose=args.verbose,
-        match_iou=args.match_iou, score_thresh=args.score_thresh))
+    metrics = run_evaluators(names, EvaluationInputs(model, dataset, results, settings))
     predicted: Dict[Any, Any] = {}
     if not args.no_layout and args.worst:
         predicted = predictions_from_results(results, dataset.coco, args.score_thresh)

@@ -1,6 +1,7 @@
 """``build_model``: a torchvision Mask R-CNN on one of maskdla's backbones."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -48,21 +49,14 @@ def anchor_sizes(scales: int) -> Tuple[Tuple[float, ...], ...]:
                  for level in ANCHOR_SIZES)
 
 
-def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = None,
-                norm: Optional[str] = None, min_size: Union[int, Sequence[int]] = 800,
-                max_size: int = 1333, freeze_at: int = 0, fpn_channels: Optional[int] = None,
-                anchor_ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS,
-                anchor_scales: int = 1, mask_resolution: int = 28, **maskrcnn_kwargs: Any) -> MaskRCNN:
-    """A torchvision ``MaskRCNN`` on backbone ``backbone``.
+@dataclass(frozen=True)
+class Heads:
+    """The shape of the heads :func:`build_model` puts on the backbone, each default
+    TrainConfig's (the field of the same name there).
 
-    Args:
-        backbone: a name of :data:`maskdla.backbones.BACKBONES` (ValueError otherwise).
-        num_classes: classes including the background (3 region classes -> 4).
-        pretrained, norm, freeze_at, fpn_channels: see
-            :func:`maskdla.backbones.build_backbone`.
-        min_size: short side at training (several: one picked per image) and test time
-            (the last one).
-        max_size: cap on the long side.
+    Attributes:
+        fpn_channels: the FPN's width (None: the backbone's own, 256; 128 for
+            vovnet19lite/slim); see :func:`maskdla.backbones.build_backbone`.
         anchor_ratios: RPN anchor aspect ratios, height / width, at every FPN level
             (default 0.5, 1, 2 as in torchvision and detectron2, the study's setting). Page
             regions are often far wider than tall (a lyrics line is 20-40x wider than
@@ -76,6 +70,43 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
             (RoIAlign to 14 x 14, the predictor's transposed conv doubles it) or 56 (RoIAlign
             to 28 x 28) for long thin regions, whose 28-pixel mask rows are coarse along
             their short side. The weights are the same shapes either way.
+
+    Raises:
+        ValueError: an odd mask resolution, a ratio <= 0, an unknown number of scales.
+    """
+
+    fpn_channels: Optional[int] = TrainConfig.fpn_channels
+    anchor_ratios: Tuple[float, ...] = DEFAULT_ANCHOR_RATIOS
+    anchor_scales: int = TrainConfig.anchor_scales
+    mask_resolution: int = TrainConfig.mask_resolution
+
+    def __post_init__(self) -> None:
+        ratios = tuple(float(ratio) for ratio in self.anchor_ratios)
+        object.__setattr__(self, "anchor_ratios", ratios)
+        if self.mask_resolution % 2 or self.mask_resolution < 2:
+            raise ValueError(f"mask_resolution must be even and positive, got "
+                             f"{self.mask_resolution}")
+        if not ratios or min(ratios) <= 0:
+            raise ValueError(f"anchor ratios must be positive, got {ratios!r}")
+        if self.anchor_scales not in ANCHOR_SCALES:
+            raise ValueError(f"anchor_scales must be one of {ANCHOR_SCALES}, got "
+                             f"{self.anchor_scales!r}")
+
+
+def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = None,
+                norm: Optional[str] = None, min_size: Union[int, Sequence[int]] = 800,
+                max_size: int = 1333, freeze_at: int = 0, heads: Heads = Heads(),
+                **maskrcnn_kwargs: Any) -> MaskRCNN:
+    """A torchvision ``MaskRCNN`` on backbone ``backbone``.
+
+    Args:
+        backbone: a name of :data:`maskdla.backbones.BACKBONES` (ValueError otherwise).
+        num_classes: classes including the background (3 region classes -> 4).
+        pretrained, norm, freeze_at: see :func:`maskdla.backbones.build_backbone`.
+        min_size: short side at training (several: one picked per image) and test time
+            (the last one).
+        max_size: cap on the long side.
+        heads: FPN width, anchors and mask resolution (:class:`Heads`).
         maskrcnn_kwargs: passed to torchvision's ``MaskRCNN`` (e.g.
             ``box_detections_per_img``, ``rpn_batch_size_per_image``).
 
@@ -89,7 +120,7 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
     fpn = build_backbone(backbone, norm=norm, pretrained=pretrained, freeze_at=freeze_at,
-                         fpn_channels=fpn_channels)
+                         fpn_channels=heads.fpn_channels)
     width = fpn.out_channels
     min_sizes: Tuple[int, ...] = (min_size,) if isinstance(min_size, int) else tuple(min_size)
     if width != 256 and "mask_predictor" not in maskrcnn_kwargs:
@@ -102,21 +133,15 @@ def build_model(backbone: str, num_classes: int, *, pretrained: Optional[str] = 
         classes_argument = None
     else:
         classes_argument = num_classes
-    if mask_resolution % 2 or mask_resolution < 2:
-        raise ValueError(f"mask_resolution must be even and positive, got {mask_resolution}")
-    if mask_resolution != 2 * MASK_ROI_SIZE:
+    if heads.mask_resolution != 2 * MASK_ROI_SIZE:
         maskrcnn_kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(
-            FPN_LEVELS, output_size=mask_resolution // 2, sampling_ratio=2))
-    ratios = tuple(float(ratio) for ratio in anchor_ratios)
-    if not ratios or min(ratios) <= 0:
-        raise ValueError(f"anchor ratios must be positive, got {anchor_ratios!r}")
-    if anchor_scales not in ANCHOR_SCALES:
-        raise ValueError(f"anchor_scales must be one of {ANCHOR_SCALES}, got {anchor_scales!r}")
-    if ratios != DEFAULT_ANCHOR_RATIOS or anchor_scales != 1:
-        sizes = anchor_sizes(anchor_scales)
+            FPN_LEVELS, output_size=heads.mask_resolution // 2, sampling_ratio=2))
+    ratios, scales = heads.anchor_ratios, heads.anchor_scales
+    if ratios != DEFAULT_ANCHOR_RATIOS or scales != 1:
+        sizes = anchor_sizes(scales)
         maskrcnn_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(
             sizes, (ratios,) * len(sizes)))
-        maskrcnn_kwargs.setdefault("rpn_head", RPNHead(width, len(ratios) * anchor_scales))
+        maskrcnn_kwargs.setdefault("rpn_head", RPNHead(width, len(ratios) * scales))
     model = MaskRCNN(fpn, num_classes=classes_argument, min_size=min_sizes, max_size=max_size,
                      **maskrcnn_kwargs)
     transform = model.transform
@@ -135,11 +160,13 @@ def build_model_from_config(config: TrainConfig, num_classes: int, *,
                        pretrained=config.pretrained if with_pretrained else None,
                        norm=config.resolved_norm, min_size=config.min_size,
                        max_size=config.max_size, freeze_at=config.freeze_at,
-                       fpn_channels=config.fpn_channels, anchor_ratios=config.anchor_ratios,
-                       anchor_scales=config.anchor_scales,
-                       mask_resolution=config.mask_resolution,
+                       heads=Heads(fpn_channels=config.fpn_channels,
+                                   anchor_ratios=tuple(config.anchor_ratios),
+                                   anchor_scales=config.anchor_scales,
+                                   mask_resolution=config.mask_resolution),
                        box_batch_size_per_image=config.rois_per_image,
                        box_detections_per_img=config.detections_per_image)
 
 
-__all__: List[str] = ["anchor_sizes", "build_model", "build_model_from_config", "PageTransform"]
+__all__: List[str] = ["Heads", "anchor_sizes", "build_model", "build_model_from_config",
+                      "PageTransform"]

@@ -343,11 +343,12 @@ class MaskdlaSegment(Processor):  # type: ignore[misc,valid-type]
         a bad ``class_types`` entry, or a region class without a PAGE type."""
         # imported here: torch and the models cost seconds that -J, -h and bad file
         # groups need not wait for
-        from maskdla.prediction import PagePipeline, Predictor
+        from maskdla.prediction import PagePipeline, PostProcess, Predictor
 
         parameter = dict(self.parameter)
         self.types = class_type_table(parameter["class_types"])
-        options = dict(device=parameter["device"], score_thresh=parameter["score_threshold"])
+        options = dict(device=parameter["device"],
+                       postprocess=PostProcess(score_thresh=parameter["score_threshold"]))
         regions = Predictor(parameter["checkpoint"], **options)
         lines = Predictor(parameter["lines"], **options) if parameter["lines"] else None
         self.pipeline = PagePipeline(regions=regions, lines=lines)

@@ -37,7 +37,7 @@ from maskdla.data.dataset import Dataset, collate_fn
 from maskdla.data.samplers import EpochBatches
 from maskdla.data.sources import RunData, run_data
 from maskdla.errors import InputError
-from maskdla.evaluation import evaluate
+from maskdla.evaluation import EvalSettings, evaluate
 from maskdla.evaluation.evaluators import check_best_metric, evaluators_for
 from maskdla.evaluation.selection import metric_value
 from maskdla.files import check_output_folder, write_bytes_atomic, write_json_atomic
@@ -311,8 +311,7 @@ def evaluate_during_training(run: Run) -> Dict[str, Any]:
     metrics_history.jsonl; keeps checkpoint_best.pth by ``--best-metric`` and decides an
     early stop by ``--patience``."""
     split, dataset = ("val", run.val_set) if run.val_set is not None else ("test", run.test_set)
-    metrics = evaluate(run.bare_model, dataset, batch_size=run.config.batch_size,
-                       device=run.device, amp=run.amp != "off",
+    metrics = evaluate(run.bare_model, dataset, _eval_settings(run),
                        evaluators=evaluators_for(run.config.best_metric))
     value = metric_value(metrics, run.config.best_metric)
     improved = _select(run, value)
@@ -402,9 +401,14 @@ def _test_evaluation(run: Run) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     last = selection.last
     if last and last["split"] == "test" and last["iteration"] == evaluated["iteration"]:
         return evaluated, last["metrics"]
-    return evaluated, evaluate(run.bare_model, run.test_set, batch_size=run.config.batch_size,
-                               device=run.device, amp=run.amp != "off",
+    return evaluated, evaluate(run.bare_model, run.test_set, _eval_settings(run),
                                evaluators=evaluators_for(run.config.best_metric))
+
+
+def _eval_settings(run: Run) -> EvalSettings:
+    """How a run evaluates: its batch size, its device, autocast unless ``--amp off``."""
+    return EvalSettings(batch_size=run.config.batch_size, device=run.device,
+                        amp=run.amp != "off")
 
 
 def resolve_amp(amp: Optional[str], device: torch.device) -> str:

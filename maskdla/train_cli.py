@@ -3,7 +3,8 @@
 :func:`config_from_argv` turns ``argv`` (``--config FILE`` and flags over it) into the
 run's validated TrainConfig; :func:`maskdla.train.main` trains it. To add a flag, add the
 field to :class:`maskdla.config.TrainConfig` (its default and validation live there) and
-its ``add(...)`` line to the group it belongs in here.
+its ``add(...)`` line to the group it belongs in here; an augmentation's flag comes from
+its row of :data:`maskdla.data.augment.AUGMENTATIONS`.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import argparse
 from typing import List, Optional, Sequence
 
 from maskdla.backbones import BACKBONES, NORMS
-from maskdla.cli import non_negative_float, positive_int
+from maskdla.cli import fraction as _fraction, non_negative_float, positive_int
 from maskdla.config import (AMP_MODES, ANCHOR_SCALES, LOADER_PASSES, LR_REFERENCE_BATCH,
                             MASK_RESOLUTIONS, RESUME_AUTO, TASKS, TrainConfig)
+from maskdla.data.augment import AUGMENTATIONS
 from maskdla.data.pagexml import parse_class_map
 from maskdla.schedule import LR_STEP_PRESETS, SHORT_RUN_WARMUP
 
@@ -98,8 +100,12 @@ def _data_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
     add("--min-size", type=_min_sizes, default=defaults.min_size,
         help="short side at training; several (640,672,704) pick one per image; test uses the last")
     add("--max-size", type=positive_int, default=defaults.max_size, help="cap on the long side")
-    add("--brightness-contrast", type=_fraction, default=defaults.brightness_contrast,
-        help="augmentation: random brightness and contrast factors in [1 - x, 1 + x] (0: off)")
+    for row in AUGMENTATIONS.values():  # a flag per row of maskdla/data/augment.py
+        if row.parse is None:  # a switch, off by default
+            add(row.flag, action="store_true", help=f"augmentation: {row.help}")
+        else:
+            add(row.flag, type=row.parse, default=getattr(defaults, row.name),
+                help=f"augmentation: {row.help}")
     add("--min-region-size", type=non_negative_float, default=defaults.min_region_size,
         metavar="PX", help="regions under PX pixels (sqrt(w x h) at the test size) are specks: "
         "left out of the training targets, ignored (COCO iscrowd) by evaluation (0: none)")
@@ -192,14 +198,6 @@ def _run_flags(group: argparse._ArgumentGroup, defaults: TrainConfig) -> None:
         help="watts one busy core draws, for the CPU energy estimate where RAPL is unreadable "
              "(an estimate, marked so; default: Green Algorithms' per-core TDP, docs/energy.md)")
     add("--currency", default=defaults.currency, help="currency of --price-per-kwh")
-
-
-def _fraction(text: str) -> float:
-    """A number in [0, 1) (``--val-fraction``); ArgumentTypeError otherwise."""
-    value = non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
 
 
 def config_from_argv(argv: Optional[Sequence[str]] = None) -> TrainConfig:

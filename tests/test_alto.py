@@ -15,7 +15,7 @@ from maskdla.cli import run_main
 from maskdla.convert import main as convert_main
 from maskdla.data.alto import alto_to_xml, read_alto, write_alto
 from maskdla.data.coco import folder_to_coco
-from maskdla.data.dataset import Dataset
+from maskdla.data.dataset import Dataset, View
 from maskdla.data.layout import collect_layout_files, read_layout
 from maskdla.data.page import Page, Region, TextLine
 from maskdla.data.pagexml import read_page, write_page
@@ -378,7 +378,7 @@ def test_folders_next_to_images_page_and_alto_subfolders(tmp_path):
 
 def test_dataset_over_an_alto_folder(tmp_path, capsys):
     alto_folder(tmp_path / "data" / "train")
-    dataset = Dataset.from_folder(tmp_path / "data", "train", min_size=64, max_size=128)
+    dataset = Dataset.from_folder(tmp_path / "data", "train", view=View(min_size=64, max_size=128))
     assert dataset.classes == ["DropCapitalZone", "MainZone"] and len(dataset) == 2
     image, target = dataset[0]
     assert image.shape == (3, 64, 128) and target["labels"].tolist() == [2, 1]
@@ -387,13 +387,13 @@ def test_dataset_over_an_alto_folder(tmp_path, capsys):
     bowtie = (tmp_path / "data" / "train" / "f2.xml").read_text().replace(
         "10 10 50 10 50 40 10 40", "10 10 50 40 50 10 10 40")
     (tmp_path / "data" / "train" / "f2.xml").write_text(bowtie)
-    Dataset.from_folder(tmp_path / "data", "train", min_size=64)
+    Dataset.from_folder(tmp_path / "data", "train", view=View(min_size=64))
     note, summary = capsys.readouterr().err.splitlines()
     assert note.endswith("f2.xml: region f2_a: self-intersection repaired")
     assert summary.startswith(f"maskdla: {tmp_path / 'data' / 'train'}: 2 pages, 4 regions")
     only_main = Dataset.from_folder(tmp_path / "data", "train", class_map={"MainZone": "text",
                                                                           "*": None},
-                                    min_size=64, verbosity=0)
+                                    verbosity=0, view=View(min_size=64))
     assert only_main.classes == ["text"] and capsys.readouterr().err == ""
 
 
@@ -460,7 +460,8 @@ def test_real_pages_as_a_dataset(tmp_path):
     for path in pages:  # links, not copies
         (split / path.name).symlink_to(path)
         (split / path.with_suffix(".jpg").name).symlink_to(path.with_suffix(".jpg"))
-    dataset = Dataset.from_folder(tmp_path, "train", min_size=128, max_size=200, verbosity=0,
+    dataset = Dataset.from_folder(tmp_path, "train", view=View(min_size=128, max_size=200),
+                                  verbosity=0,
                                   class_map={name: name for name in ("MainZone", "DropCapitalZone")}
                                   | {"*": None})
     assert set(dataset.classes) <= {"MainZone", "DropCapitalZone"} and len(dataset) == 3
@@ -476,7 +477,7 @@ def test_coco_categories_fold_subtypes_too(tmp_path):
                              "bbox": [10 * i, 10, 20, 20]} for i in (1, 2, 3)]}
     make_image(tmp_path / "f1.png")
     dataset = Dataset(coco, tmp_path, fold_subtypes=True, class_map={"*": None, "MainZone": "MainZone"},
-                      min_size=64)
+                      view=View(min_size=64))
     assert dataset.classes == ["MainZone"] and dataset[0][1]["labels"].tolist() == [1, 1]
 
 

@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from maskdla.data.coco import folder_to_coco
-from maskdla.data.dataset import (Dataset, GroupedBatchSampler, aspect_ratio_groups,
+from maskdla.data.augment import AugmentSettings
+from maskdla.data.dataset import (Dataset, GroupedBatchSampler, View, aspect_ratio_groups,
                                   collate_fn, training_size)
 from maskdla.data.synthetic import generate_corpus
 from maskdla.errors import InputError
@@ -46,7 +47,7 @@ def test_training_size_is_a_fixed_point():
 
 
 def test_item_shapes_and_types(corpus):
-    dataset = Dataset.from_folder(corpus, "train", min_size=400, max_size=1333)
+    dataset = Dataset.from_folder(corpus, "train", view=View(min_size=400, max_size=1333))
     assert len(dataset) == 2
     assert dataset.classes == ["drop-capital", "lyrics", "staff"]
     assert dataset.aspect_ratios() == [1000 / 1444] * 2
@@ -76,7 +77,7 @@ def test_item_shapes_and_types(corpus):
 def test_masks_agree_with_full_size_rasterisation(corpus):
     """IoU > 0.95 per instance against the polygon drawn at full size, then resized
     (nearest, pixel centres)."""
-    dataset = Dataset.from_folder(corpus, "train", min_size=400)
+    dataset = Dataset.from_folder(corpus, "train", view=View(min_size=400))
     checked = 0
     for index in range(len(dataset)):
         image, target = dataset[index]
@@ -99,8 +100,8 @@ def test_from_coco_and_from_folder_give_the_same_targets(corpus, tmp_path):
     split = corpus / "train"
     coco, _ = folder_to_coco(split)
     ann = _coco_file(tmp_path, coco)
-    from_folder = Dataset.from_folder(corpus, "train", min_size=300)
-    from_coco = Dataset.from_coco(ann, split, min_size=300)
+    from_folder = Dataset.from_folder(corpus, "train", view=View(min_size=300))
+    from_coco = Dataset.from_coco(ann, split, view=View(min_size=300))
     assert from_coco.classes == from_folder.classes
     assert len(from_coco) == len(from_folder)
     for index in range(len(from_folder)):
@@ -116,15 +117,15 @@ def test_classes_order_and_class_map(corpus, tmp_path):
     split = corpus / "train"
     ann = _coco_file(tmp_path, folder_to_coco(split)[0])
     ordered = Dataset.from_coco(ann, split, classes=["staff", "lyrics", "drop-capital"],
-                                min_size=200)
+                                view=View(min_size=200))
     _, target = ordered[0]
-    by_name = Dataset.from_coco(ann, split, min_size=200)
+    by_name = Dataset.from_coco(ann, split, view=View(min_size=200))
     _, reference = by_name[0]
     remap = {1: 3, 2: 2, 3: 1}  # sorted names -> the given order
     assert target["labels"].tolist() == [remap[label] for label in reference["labels"].tolist()]
     assert ordered.coco["categories"][0] == {"id": 1, "name": "staff"}
     merged = Dataset.from_coco(ann, split, class_map={"drop-capital": "lyrics", "staff": None},
-                               min_size=200)
+                               view=View(min_size=200))
     assert merged.classes == ["lyrics"]
     _, target = merged[0]
     assert set(target["labels"].tolist()) == {1}
@@ -144,7 +145,7 @@ def test_pages_without_regions_are_negatives(tmp_path):
                             {"id": 2, "image_id": 8, "category_id": 1, "iscrowd": 0,
                              "segmentation": [[250, 150, 251, 150, 251, 190, 250, 190]]}],
             "categories": [{"id": 1, "name": "text"}]}
-    dataset = Dataset(coco, tmp_path, min_size=100, max_size=1000)
+    dataset = Dataset(coco, tmp_path, view=View(min_size=100, max_size=1000))
     assert len(dataset) == 2
     image, target = dataset[0]
     assert image.shape == (3, 100, 150)
@@ -158,9 +159,10 @@ def test_pages_without_regions_are_negatives(tmp_path):
 
 
 def test_multi_scale_flip_and_brightness(corpus):
-    dataset = Dataset.from_folder(corpus, "train", min_size=(200, 300), max_size=1333,
-                                  train=True, hflip=True, brightness_contrast=0.3)
-    plain = Dataset.from_folder(corpus, "train", min_size=300)
+    dataset = Dataset.from_folder(corpus, "train", view=View(
+        min_size=(200, 300), max_size=1333, train=True,
+        augment=AugmentSettings(hflip=True, brightness_contrast=0.3)))
+    plain = Dataset.from_folder(corpus, "train", view=View(min_size=300))
     assert plain.min_sizes == (300,)
     torch.manual_seed(0)
     sizes = set()
@@ -182,7 +184,7 @@ def test_multi_scale_flip_and_brightness(corpus):
 
 
 def test_cache_returns_the_same_items(corpus):
-    dataset = Dataset.from_folder(corpus, "test", min_size=200, cache=True)
+    dataset = Dataset.from_folder(corpus, "test", view=View(min_size=200, cache=True))
     first = dataset[0]
     assert len(dataset._cache) == 1
     second = dataset[0]
@@ -191,7 +193,7 @@ def test_cache_returns_the_same_items(corpus):
 
 
 def test_loader_with_workers(corpus):
-    dataset = Dataset.from_folder(corpus, "train", min_size=128)
+    dataset = Dataset.from_folder(corpus, "train", view=View(min_size=128))
     sampler = GroupedBatchSampler(RandomSampler(dataset),
                                   aspect_ratio_groups(dataset.aspect_ratios()), 2)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=1)
@@ -241,7 +243,7 @@ def test_missing_and_unreadable_images(corpus, tmp_path):
     with pytest.raises(InputError, match="synth-0002.jpg.*not found"):
         Dataset.from_coco(ann, copy / "train")
     (copy / "train" / "synth-0002.jpg").write_bytes(b"not a jpeg")
-    dataset = Dataset.from_coco(ann, copy / "train", min_size=100)
+    dataset = Dataset.from_coco(ann, copy / "train", view=View(min_size=100))
     dataset[0]
     with pytest.raises(InputError, match="synth-0002.jpg: cannot read the image"):
         dataset[1]
@@ -258,7 +260,7 @@ def test_exif_orientation_is_applied(tmp_path):
     stored.save(tmp_path / "rotated.jpg", quality=95, exif=exif)
     coco = {"images": [{"id": 1, "file_name": "rotated.jpg", "width": 300, "height": 200}],
             "annotations": [], "categories": [{"id": 1, "name": "text"}]}
-    image, _ = Dataset(coco, tmp_path, min_size=100)[0]
+    image, _ = Dataset(coco, tmp_path, view=View(min_size=100))[0]
     assert image.shape == (3, 100, 150)
     # orientation 6 turns the stored top band into the right edge
     assert image[:, :, -10:].mean() < 0.1 and image[:, :, :100].mean() > 0.9
@@ -339,7 +341,7 @@ def test_image_size_must_match_its_annotations(tmp_path):
     coco = {"images": [{"id": 1, "file_name": "page.jpg", "width": 200, "height": 300}],
             "annotations": [], "categories": [{"id": 1, "name": "text"}]}
     with pytest.raises(InputError, match="page.jpg: image is 300x200 px"):
-        Dataset(coco, tmp_path, min_size=100)[0]
+        Dataset(coco, tmp_path, view=View(min_size=100))[0]
 
 
 def test_rle_and_box_only_annotations(tmp_path):
@@ -359,7 +361,7 @@ def test_rle_and_box_only_annotations(tmp_path):
                 {"id": 3, "image_id": 1, "category_id": 1, "iscrowd": 0,
                  "bbox": [30, 20, 199, 99]}],
             "categories": [{"id": 1, "name": "text"}]}
-    _, target = Dataset(coco, tmp_path, min_size=100, max_size=1000)[0]
+    _, target = Dataset(coco, tmp_path, view=View(min_size=100, max_size=1000))[0]
     masks = target["masks"].bool()
     assert masks.shape == (3, 100, 150)
     for other in (1, 2):
@@ -390,7 +392,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path, name, mode):
         assert opened.mode == mode
     coco = {"images": [{"id": 1, "file_name": name, "width": 300, "height": 200}],
             "annotations": [], "categories": [{"id": 1, "name": "text"}]}
-    pixels, _ = Dataset(coco, tmp_path, min_size=100)[0]
+    pixels, _ = Dataset(coco, tmp_path, view=View(min_size=100))[0]
     assert pixels.shape == (3, 100, 150)
     assert abs(pixels[:, :, 60:].mean().item() - 59000 / 65535) < 0.02  # paper, not white
     assert abs(pixels[:, :, :40].mean().item() - 6000 / 65535) < 0.02  # text stays dark
@@ -402,10 +404,10 @@ def test_multi_page_tiff_is_refused_not_read_as_its_first_page(tmp_path):
     coco = {"images": [{"id": 1, "file_name": "book.tif", "width": 300, "height": 200}],
             "annotations": [], "categories": [{"id": 1, "name": "text"}]}
     with pytest.raises(InputError, match=r"book.tif: a multi-page TIFF \(3 pages\).*split"):
-        Dataset(coco, tmp_path, min_size=100)[0]
+        Dataset(coco, tmp_path, view=View(min_size=100))[0]
     pages[0].save(tmp_path / "one.tif")  # one page: read as always
     coco["images"][0]["file_name"] = "one.tif"
-    assert Dataset(coco, tmp_path, min_size=100)[0][0].shape == (3, 100, 150)
+    assert Dataset(coco, tmp_path, view=View(min_size=100))[0][0].shape == (3, 100, 150)
 
 
 @pytest.mark.parametrize("full_scale", [1.0, 255.0, 65535.0])
@@ -421,7 +423,7 @@ def test_float_greyscale_tiff_is_scaled_from_its_full_scale(tmp_path, full_scale
         assert opened.mode == "F"
     coco = {"images": [{"id": 1, "file_name": "page.tif", "width": 300, "height": 200}],
             "annotations": [], "categories": [{"id": 1, "name": "text"}]}
-    pixels, _ = Dataset(coco, tmp_path, min_size=100)[0]
+    pixels, _ = Dataset(coco, tmp_path, view=View(min_size=100))[0]
     assert abs(pixels[:, :, 60:].mean().item() - 59000 / 65535) < 0.02  # paper
     assert abs(pixels[:, :, :40].mean().item() - 6000 / 65535) < 0.02  # text
     shown = np.asarray(read_displayed_rgb(tmp_path / "page.tif"))  # overlays, evaluation

@@ -16,8 +16,8 @@ import pytest
 
 from maskdla.config import TrainConfig
 from maskdla.energy import (
-    CLOCK_TICKS_PER_S, CSV_COLUMNS, DEFAULT_CPU_WATTS_PER_CORE, EnergyMeter, RaplReader,
-    add_energy, cost, live_descendants_cpu_seconds, mean_power_energy_kwh, merge_node_summaries,
+    CLOCK_TICKS_PER_S, CSV_COLUMNS, DEFAULT_CPU_WATTS_PER_CORE, EnergyMeter, MeterSources,
+    RaplReader, add_energy, cost, live_descendants_cpu_seconds, mean_power_energy_kwh, merge_node_summaries,
     process_tree_cpu_seconds, savings_percent, should_measure,
 )
 from maskdla.errors import InputError
@@ -158,9 +158,15 @@ def _all_devices_visible(monkeypatch):
 NO_POWERCAP = "/dev/null/powercap"
 
 
+#: the keywords of make_meter that are MeterSources fields
+SOURCE_FIELDS = ("nvml", "powercap_root", "cpu_seconds", "process_ids")
+
+
 def make_meter(**kwargs) -> EnergyMeter:
-    kwargs.setdefault("powercap_root", NO_POWERCAP)
-    return EnergyMeter(**kwargs)
+    """An EnergyMeter; the MeterSources fields may be given as keywords of their own."""
+    sources = {name: kwargs.pop(name) for name in SOURCE_FIELDS if name in kwargs}
+    sources.setdefault("powercap_root", NO_POWERCAP)
+    return EnergyMeter(**kwargs, sources=MeterSources(**sources))
 
 
 # ------------------------------------------------------------------------------ energy paths
@@ -440,8 +446,9 @@ def test_rapl_unreadable_is_not_measured(tmp_path):
 def test_meter_reports_cpu_energy_apart_and_in_the_total(tmp_path):
     package = write_domain(tmp_path / "powercap", "intel-rapl:0", "package-0", 0)
     gpu = FakeGpu("GPU-aaa", counter_mj=[0, 3_600])
-    with EnergyMeter(interval=INTERVAL, nvml=FakeNVML([gpu]), csv_path=tmp_path / "energy.csv",
-                     powercap_root=str(tmp_path / "powercap")) as meter:
+    with EnergyMeter(interval=INTERVAL, csv_path=tmp_path / "energy.csv",
+                     sources=MeterSources(nvml=FakeNVML([gpu]),
+                                          powercap_root=str(tmp_path / "powercap"))) as meter:
         wait_for(lambda: meter.samples >= 2)
         (package / "energy_uj").write_text("7200000\n")  # 7.2 J
         wait_for(lambda: meter.samples >= 4)

@@ -24,10 +24,11 @@ from maskdla.evaluation.coco import STAT_INDEX, coco_metrics, format_table, vali
 from maskdla.evaluation.layout_inputs import results_layout_metrics
 from maskdla.evaluation.results import (box_mask_to_rle, detections_to_coco_results,
                                   paste_box_masks, scale_boxes)
-from maskdla.data.dataset import Dataset
+from maskdla.data.dataset import Dataset, View
 from maskdla.data.synthetic import CLASSES, generate_corpus
 from maskdla.errors import InputError
 from maskdla.eval import evaluate, predict_coco_results
+from maskdla.evaluation.evaluators import EvalSettings
 from maskdla.inference import raw_detections
 from maskdla.model import build_model
 
@@ -272,8 +273,8 @@ def tiny_model():
 
 
 def test_detect_matches_the_models_own_forward(corpus, tiny_model):
-    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
-                                  max_size=128)
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES),
+                                  view=View(min_size=64, max_size=128))
     images = [dataset[0][0], dataset[1][0]]
     with torch.inference_mode():
         expected = tiny_model(images)
@@ -294,11 +295,11 @@ def test_detect_matches_the_models_own_forward(corpus, tiny_model):
 
 
 def test_evaluate_scores_in_original_pixels(corpus, tiny_model):
-    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
-                                  max_size=128)
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES),
+                                  view=View(min_size=64, max_size=128))
     tiny_model.train()
     timings = {}
-    results = predict_coco_results(tiny_model, dataset, batch_size=2, timings=timings)
+    results = predict_coco_results(tiny_model, dataset, EvalSettings(batch_size=2), timings=timings)
     assert tiny_model.training  # mode restored
     sizes = {image["id"]: (image["height"], image["width"]) for image in dataset.coco["images"]}
     assert {r["image_id"] for r in results} <= set(sizes) and results
@@ -310,13 +311,13 @@ def test_evaluate_scores_in_original_pixels(corpus, tiny_model):
     # the original pages are larger than what the model saw
     assert max(r["bbox"][1] + r["bbox"][3] for r in results) > 64
     assert timings["images"] == 2 and timings["inference"] > 0
-    metrics = evaluate(tiny_model, dataset, batch_size=1)
+    metrics = evaluate(tiny_model, dataset, EvalSettings(batch_size=1))
     assert metrics == coco_metrics(dataset.coco, results)
     assert set(metrics["segm"]["per_class"]) == set(CLASSES)
     # the layout block is opt-in and scores the same detections (an untrained model's
     # scores are low: take all of them)
-    with_layout = evaluate(tiny_model, dataset, batch_size=1, layout=True, score_thresh=0.0,
-                           timings=timings)
+    with_layout = evaluate(tiny_model, dataset, EvalSettings(batch_size=1, score_thresh=0.0),
+                           layout=True, timings=timings)
     assert with_layout["layout"] == results_layout_metrics(dataset.coco, results,
                                                            score_thresh=0.0)
     assert with_layout["layout"]["per_class"]["staff"]["predicted"] > 0
@@ -324,8 +325,8 @@ def test_evaluate_scores_in_original_pixels(corpus, tiny_model):
 
 
 def test_evaluate_refuses_a_model_of_another_class_count(corpus):
-    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
-                                  max_size=128)
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES),
+                                  view=View(min_size=64, max_size=128))
     model = build_model("vovnet19slim", 3, min_size=64, max_size=128)
     with pytest.raises(InputError, match="2 classes but the data has 3"):
         evaluate(model, dataset)
@@ -484,11 +485,11 @@ def _evaluate_on_rank(rank, world_size, store, corpus, out):
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
                                          world_size=world_size)
     model = _seeded_tiny_model()
-    dataset = Dataset.from_folder(corpus, split=None, classes=list(CLASSES), min_size=64,
-                                  max_size=128)
+    dataset = Dataset.from_folder(corpus, split=None, classes=list(CLASSES),
+                                  view=View(min_size=64, max_size=128))
     timings = {}
-    results = predict_coco_results(model, dataset, batch_size=1, timings=timings)
-    metrics = evaluate(model, dataset, batch_size=1)
+    results = predict_coco_results(model, dataset, EvalSettings(batch_size=1), timings=timings)
+    metrics = evaluate(model, dataset, EvalSettings(batch_size=1))
     Path(f"{out}.{rank}").write_text(json.dumps({"results": results, "metrics": metrics,
                                                  "images": timings["images"]}))
     torch.distributed.destroy_process_group()
@@ -512,9 +513,9 @@ def test_distributed_ranks_share_the_images_and_agree(corpus, tmp_path):
     assert ranks[0]["results"] == ranks[1]["results"]
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     model = _seeded_tiny_model()
-    dataset = Dataset.from_folder(pages, split=None, classes=list(CLASSES), min_size=64,
-                                  max_size=128)
-    alone = json.loads(json.dumps(predict_coco_results(model, dataset, batch_size=1)))
+    dataset = Dataset.from_folder(pages, split=None, classes=list(CLASSES),
+                                  view=View(min_size=64, max_size=128))
+    alone = json.loads(json.dumps(predict_coco_results(model, dataset, EvalSettings(batch_size=1))))
     assert len({r["image_id"] for r in alone}) == 3
     _assert_same_detections(ranks[0]["results"], alone)
 
@@ -598,8 +599,8 @@ class _TruthAsProposals(torch.nn.Module):
 def test_proposal_recall_of_a_model(corpus, tiny_model):
     from maskdla.evaluation.proposals import proposal_recall
 
-    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
-                                  max_size=128)
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES),
+                                  view=View(min_size=64, max_size=128))
     expected = {name: sum(annotation["category_id"] == category["id"]
                           for annotation in dataset.coco["annotations"])
                 for category in dataset.coco["categories"] for name in [category["name"]]}
@@ -675,17 +676,17 @@ def test_ground_truth_of_other_classes_names_the_checkpoint_and_split(corpus, tm
 def test_evaluation_shows_a_progress_bar_on_stderr(corpus, tiny_model, capsys, monkeypatch):
     """Minutes without a sign of life on a large test set: a bar like predict's, on a
     terminal; none where stderr is no terminal (a log, a pipeline reading the error line)."""
-    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES), min_size=64,
-                                  max_size=128)
+    dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES),
+                                  view=View(min_size=64, max_size=128))
     capsys.readouterr()
-    not_a_terminal = predict_coco_results(tiny_model, dataset, batch_size=1)
+    not_a_terminal = predict_coco_results(tiny_model, dataset, EvalSettings(batch_size=1))
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    shown = predict_coco_results(tiny_model, dataset, batch_size=1)
+    shown = predict_coco_results(tiny_model, dataset, EvalSettings(batch_size=1))
     captured = capsys.readouterr()
     # the bar starts at 0/2; leave=False clears it at the end, so the last count may not show
     assert "evaluate" in captured.err and "0/2" in captured.err and not captured.out
-    quiet = predict_coco_results(tiny_model, dataset, batch_size=1, progress=False)
+    quiet = predict_coco_results(tiny_model, dataset, EvalSettings(batch_size=1, progress=False))
     assert capsys.readouterr().err == "" and quiet == shown == not_a_terminal
-    evaluate(tiny_model, dataset, batch_size=1)
+    evaluate(tiny_model, dataset, EvalSettings(batch_size=1))
     assert "evaluate" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from maskdla.bench.predict import CLASSES
 from maskdla.errors import InputError
 from maskdla.export import main as export_main
 from maskdla.predict import Predictor, main as predict_main
+from maskdla.prediction import PostProcess
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def _box_iou_and_masks(page_a, page_b):
 
 
 def test_onnxruntime_engine_gives_the_pages_of_eager_pytorch(checkpoint_path, onnx_path, scans):
-    options = dict(device="cpu", score_thresh=0.05, max_detections=20, tolerance=0.0)
+    options = dict(device="cpu", postprocess=PostProcess(score_thresh=0.05, tolerance=0.0),
+                   max_detections=20)
     eager = Predictor(checkpoint_path, **options)
     exported = Predictor(onnx_path, engine="onnxruntime", **options)
     assert exported.classes == eager.classes and exported.model is None
@@ -95,7 +97,8 @@ def test_torchscript_export_keeps_boxes_labels_scores_and_masks(checkpoint_path,
     extra = {"maskdla.json": ""}
     scripted = torch.jit.load(str(path), _extra_files=extra)
     assert json.loads(extra["maskdla.json"])["classes"] == list(CLASSES)
-    eager = Predictor(checkpoint_path, device="cpu", score_thresh=0.0, max_detections=20)
+    eager = Predictor(checkpoint_path, device="cpu", postprocess=PostProcess(score_thresh=0.0),
+                      max_detections=20)
     tensor, _, _ = eager.load(scans / "p2.png")
     with torch.no_grad():
         boxes, labels, scores, masks = scripted(tensor)

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from shapely.geometry import Polygon
 
 from maskdla.config import TrainConfig
-from maskdla.data.dataset import Dataset
+from maskdla.data.dataset import Dataset, View
 from maskdla.data.lines import LINE_KIND, read_line_instances
 from maskdla.data.reading import RepairReport
 from maskdla.errors import InputError
@@ -87,12 +87,12 @@ def test_text_lines_become_instances_whatever_their_region_class(tmp_path):
 
 
 def test_the_dataset_of_a_line_task_has_one_target_per_line(line_corpus):
-    dataset = Dataset.from_folder(line_corpus, "train", instances="lines", min_size=96,
-                                  max_size=160)
+    dataset = Dataset.from_folder(line_corpus, "train", instances="lines",
+                                  view=View(min_size=96, max_size=160))
     assert dataset.classes == ["DefaultLine", "HeadingLine"]
     _, target = dataset[0]
     assert target["boxes"].shape == (4, 4) and target["masks"].shape[0] == 4
-    regions = Dataset.from_folder(line_corpus, "train", min_size=96, max_size=160)
+    regions = Dataset.from_folder(line_corpus, "train", view=View(min_size=96, max_size=160))
     assert regions.classes == ["MainZone"]
     with pytest.raises(ValueError, match="instances"):
         Dataset.from_folder(line_corpus, "train", instances="words")

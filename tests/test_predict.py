@@ -21,6 +21,7 @@ from maskdla.errors import InputError
 from maskdla.prediction.overlay import STUDY_COLOURS, class_colours, draw_overlay
 from maskdla.predict import (Predictor, detections_to_page, find_images, main,
                              page_to_coco_results)
+from maskdla.prediction import PostProcess
 
 XSD = Path(__file__).parent / "data" / "pagecontent-2019-07-15.xsd"
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +54,8 @@ def test_score_threshold_and_empty_pages():
     detections = synthetic_detections(10, *SIZE, seed=2)
     threshold = float(detections["scores"].median())
     page = detections_to_page(detections["boxes"], detections["labels"], detections["scores"],
-                              detections["masks"], CLASSES, SIZE, score_thresh=threshold)
+                              detections["masks"], CLASSES, SIZE,
+                              postprocess=PostProcess(score_thresh=threshold))
     assert page.regions and all(region.score >= threshold for region in page.regions)
     assert len(page.regions) < 10
     empty = detections_to_page(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
@@ -67,10 +69,11 @@ def test_overlapping_detections_are_merged_unless_exempt():
     labels = torch.tensor([2, 3, 1])
     scores = torch.tensor([0.7, 0.9, 0.8])
     page = detections_to_page(boxes, labels, scores, masks, CLASSES, SIZE,
-                              no_merge_classes=["drop-capital"])
+                              postprocess=PostProcess(no_merge_classes=["drop-capital"]))
     assert sorted(r.label for r in page.regions) == ["drop-capital", "staff"]
     assert sorted(r.score for r in page.regions) == pytest.approx([0.8, 0.9])
-    merged = detections_to_page(boxes, labels, scores, masks, CLASSES, SIZE, overlap_thresh=0.1)
+    merged = detections_to_page(boxes, labels, scores, masks, CLASSES, SIZE,
+                                postprocess=PostProcess(overlap_thresh=0.1))
     assert [r.label for r in merged.regions] == ["staff"]
     assert merged.regions[0].score == pytest.approx(0.9)
 
@@ -173,7 +176,8 @@ def images(tmp_path_factory):
 
 
 def test_predictor_takes_paths_pil_images_and_tensors(checkpoint_path, images):
-    predictor = Predictor(checkpoint_path, device="cpu", score_thresh=0.0, max_detections=10)
+    predictor = Predictor(checkpoint_path, device="cpu", postprocess=PostProcess(score_thresh=0.0),
+                          max_detections=10)
     from_path = predictor.predict(images / "p1.png")
     assert (from_path.height, from_path.width, from_path.image_filename) == (160, 110, "p1.png")
     assert from_path.regions  # untrained, but score 0 keeps every detection
@@ -188,7 +192,8 @@ def test_predictor_takes_paths_pil_images_and_tensors(checkpoint_path, images):
     with pytest.raises(InputError, match="broken.png"):
         predictor.predict(images / "broken.png")
     with pytest.raises(InputError, match="unknown class"):
-        Predictor(checkpoint_path, device="cpu", no_merge_classes=["initial"])
+        Predictor(checkpoint_path, device="cpu",
+                  postprocess=PostProcess(no_merge_classes=["initial"]))
 
 
 def test_cli_writes_pages_and_reports_the_unreadable_image(checkpoint_path, images, tmp_path,
@@ -246,8 +251,8 @@ def test_cli_process_exit_code_and_one_line_errors(checkpoint_path, images, tmp_
 
 def test_amp_runs_the_backbone_in_half_and_the_heads_in_float32(checkpoint_path, images):
     """Predictor(amp=True) on the CPU: bfloat16 for the backbone, float32 RoI heads."""
-    predictor = Predictor(checkpoint_path, device="cpu", score_thresh=0.0, max_detections=5,
-                          amp=True)
+    predictor = Predictor(checkpoint_path, device="cpu", postprocess=PostProcess(score_thresh=0.0),
+                          max_detections=5, amp=True)
     seen = {}
 
     def hook(name):
@@ -288,7 +293,8 @@ def test_exif_rotated_scans_are_predicted_as_displayed(checkpoint_path, tmp_path
     path = tmp_path / "rotated.jpg"
     _rotated_jpeg(path, orientation)
     assert displayed_size(path) == (70, 120)
-    predictor = Predictor(checkpoint_path, device="cpu", score_thresh=0.0, max_detections=5)
+    predictor = Predictor(checkpoint_path, device="cpu", postprocess=PostProcess(score_thresh=0.0),
+                          max_detections=5)
     tensor, original, _ = predictor.load(path)
     assert original == (120, 70) and tensor.shape[1] > tensor.shape[2]  # portrait, as shown
     with Image.open(path) as opened:

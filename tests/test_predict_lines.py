@@ -19,7 +19,7 @@ from maskdla.data.page import Page, Region, TextLine
 from maskdla.data.pagexml import page_to_xml, read_page, write_page
 from maskdla.errors import InputError
 from maskdla.predict import main
-from maskdla.prediction import PagePipeline, Predictor
+from maskdla.prediction import PagePipeline, PostProcess, Predictor
 from maskdla.prediction.baselines import lines_from_detections
 from maskdla.prediction.lines import (DEFAULT_ZONE_LABEL, drop_duplicates, orphan_zone_label,
                                       place_lines, transcribable)
@@ -402,8 +402,10 @@ def check_written_lines(page: Page) -> None:
 
 def test_the_pipeline_runs_both_models_at_their_own_sizes(region_checkpoint, line_checkpoint,
                                                           scans):
-    regions = Predictor(region_checkpoint, device="cpu", score_thresh=0, max_detections=5)
-    lines = Predictor(line_checkpoint, device="cpu", score_thresh=0, mask_thresh=0.3)
+    regions = Predictor(region_checkpoint, device="cpu", postprocess=PostProcess(score_thresh=0),
+                        max_detections=5)
+    lines = Predictor(line_checkpoint, device="cpu",
+                      postprocess=PostProcess(score_thresh=0, mask_thresh=0.3))
     pipeline = PagePipeline(regions, lines)
     assert pipeline.sizes == [(64, 128), (96, 160)]
     views, original, name = pipeline.load(scans / "a.png")

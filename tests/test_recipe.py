@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from maskdla.config import TrainConfig
-from maskdla.data.dataset import Dataset
+from maskdla.data.dataset import Dataset, View
 from maskdla.data.samplers import EpochBatches, RepeatFactorSampler, repeat_factors
 from maskdla.errors import InputError
 from maskdla.evaluation.coco import coco_metrics
@@ -73,10 +73,10 @@ def _page(folder: Path) -> dict:
 
 def test_specks_leave_the_targets_and_are_ignored_by_the_scorer(tmp_path):
     coco = _page(tmp_path)
-    plain = Dataset(coco, tmp_path, min_size=(50, 100), max_size=1000, train=True)
+    plain = Dataset(coco, tmp_path, view=View(min_size=(50, 100), max_size=1000, train=True))
     assert plain.specks == 0 and len(plain[0][1]["boxes"]) == 2
-    dataset = Dataset(coco, tmp_path, min_size=(50, 100), max_size=1000, train=True,
-                      min_region_size=4)
+    dataset = Dataset(coco, tmp_path, view=View(min_size=(50, 100), max_size=1000, train=True,
+                                                min_region_size=4))
     assert dataset.specks == 1
     assert len(dataset[0][1]["boxes"]) == 1 and dataset.image_labels() == [{1}]
     assert [a["iscrowd"] for a in dataset.coco["annotations"]] == [0, 1]
@@ -90,7 +90,7 @@ def test_specks_leave_the_targets_and_are_ignored_by_the_scorer(tmp_path):
 
 
 def test_epoch_batches_take_the_repeat_threshold(tmp_path):
-    dataset = Dataset(_page(tmp_path), tmp_path, min_size=100, max_size=1000)
+    dataset = Dataset(_page(tmp_path), tmp_path, view=View(min_size=100, max_size=1000))
     batches = EpochBatches(dataset, 1, seed=0, repeat_threshold=0.5)
     assert isinstance(batches.batches.sampler, RepeatFactorSampler)
     assert list(batches) == [[0]]

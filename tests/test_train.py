@@ -83,10 +83,10 @@ def corpus(tmp_path_factory):
 def test_epoch_batches_run_across_epochs_and_start_mid_epoch(corpus):
     """One pass over the rest of a run: the same batches as epoch-by-epoch iteration, from
     any start; each rank of two sees its own half."""
-    from maskdla.data.dataset import Dataset
+    from maskdla.data.dataset import Dataset, View
     from maskdla.data.samplers import EpochBatches
 
-    dataset = Dataset.from_folder(corpus, "train", min_size=96, max_size=160)
+    dataset = Dataset.from_folder(corpus, "train", view=View(min_size=96, max_size=160))
     batches = EpochBatches(dataset, 3, seed=5)
     per_epoch = batches.per_epoch
     assert per_epoch == 3  # 8 pages, batch 3, one aspect-ratio group: 3 + 3 + 2
@@ -321,10 +321,10 @@ def test_two_process_gloo_run_under_torchrun_ends_with_identical_parameters(corp
 
 
 def test_an_input_error_from_a_loader_worker_is_reported_as_one_line(tmp_path, capsys):
-    from maskdla.data.dataset import Dataset
+    from maskdla.data.dataset import Dataset, View
 
     corpus = generate_corpus(tmp_path / "data", pages=3, train=2, seed=5, width=96)
-    dataset = Dataset.from_folder(corpus, "train", min_size=64, max_size=128)
+    dataset = Dataset.from_folder(corpus, "train", view=View(min_size=64, max_size=128))
     broken = dataset.image_path(0)
     broken.write_bytes(b"not an image")
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=1,
@@ -571,7 +571,7 @@ def test_tensorboard_without_its_package_is_one_clear_error(tmp_path, monkeypatc
 
 
 def test_mask_resolution_56_predicts_56_pixel_masks_and_trains(corpus):
-    from maskdla.data.dataset import Dataset, collate_fn
+    from maskdla.data.dataset import Dataset, View, collate_fn
     from maskdla.inference import raw_detections
     from maskdla.model import build_model_from_config
 
@@ -579,8 +579,8 @@ def test_mask_resolution_56_predicts_56_pixel_masks_and_trains(corpus):
                          mask_resolution=56, rois_per_image=32)
     model = build_model_from_config(config, num_classes=4)
     assert model.roi_heads.mask_roi_pool.output_size == (28, 28)
-    images, targets = collate_fn([Dataset.from_folder(corpus, "train", min_size=96,
-                                                      max_size=160)[0]])
+    images, targets = collate_fn([Dataset.from_folder(corpus, "train",
+                                                      view=View(min_size=96, max_size=160))[0]])
     losses = model.train()(images, targets)
     assert torch.isfinite(losses["loss_mask"])
     model.eval().roi_heads.score_thresh = 0.0
@@ -596,7 +596,8 @@ def test_brightness_contrast_reaches_the_training_view_only(corpus):
     config = config_from_argv(["--data", str(corpus), "--brightness-contrast", "0.3",
                                "--min-size", "96", "--max-size", "160"])
     data = run_data(config)
-    assert data.train.brightness_contrast == 0.3 and data.test.brightness_contrast == 0.0
+    assert (data.train.view.augment.brightness_contrast == 0.3
+            and data.test.view.augment.brightness_contrast == 0.0)
     assert data.val is None
 
 

@@ -30,9 +30,9 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from maskdla.cli import positive_int
 from maskdla.evaluation.coco import coco_metrics
 from maskdla.evaluation.results import box_mask_to_rle, paste_box_masks, scale_boxes
-from maskdla.data.dataset import Dataset
+from maskdla.data.dataset import Dataset, View
 from maskdla.data.synthetic import CLASSES, default_corpus
-from maskdla.evaluation import predict_coco_results
+from maskdla.evaluation import EvalSettings, predict_coco_results
 from maskdla.inference import raw_detections
 from maskdla.model import build_model
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     corpus = default_corpus(pages=args.pages, train=0, width=args.width)
     print(f"corpus: {corpus} ({time.perf_counter() - start:.1f} s to find or generate)")
     dataset = Dataset.from_folder(corpus, split="test", classes=list(CLASSES),
-                                  min_size=args.min_size, max_size=args.max_size)
+                                  view=View(args.min_size, args.max_size))
     torch.manual_seed(0)
     model = build_model(args.backbone, len(CLASSES) + 1, min_size=args.min_size,
                         max_size=args.max_size, box_detections_per_img=args.detections)
@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     timings: Dict[str, float] = {}
     results, total = _timed(lambda: predict_coco_results(
-        model, dataset, batch_size=args.batch_size, device=device, num_workers=args.workers,
-        timings=timings))
+        model, dataset, EvalSettings(batch_size=args.batch_size, device=device,
+                                     num_workers=args.workers), timings=timings))
     metrics, cocoeval_seconds = _timed(lambda: coco_metrics(dataset.coco, results))
     total += cocoeval_seconds
     stages = {"data (waiting for the loader)": timings["data"],

@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from maskdla.cli import positive_int
-from maskdla.data.dataset import Dataset, collate_fn, training_size
+from maskdla.data.dataset import Dataset, View, collate_fn, training_size
 from maskdla.data.pagexml import write_page
 from maskdla.data.synthetic import JPEG_QUALITY, render_page
 
@@ -111,9 +111,9 @@ def _page_items(dataset: Dataset) -> List[Tuple[Path, List[Dict[str, Any]], Tupl
 def _time_pipelines(folder: Path, repeats: int) -> Tuple[Dict[str, List[Tuple[float, float]]],
                                                          Dict[str, Any]]:
     """(wall and CPU seconds of each pass of each pipeline, facts of the pages)."""
-    dataset = Dataset.from_folder(folder, split=None, min_size=MIN_SIZE, max_size=MAX_SIZE)
-    pil_dataset = Dataset.from_folder(folder, split=None, min_size=MIN_SIZE, max_size=MAX_SIZE,
-                                      use_simplejpeg=False)
+    dataset = Dataset.from_folder(folder, split=None, view=View(MIN_SIZE, MAX_SIZE))
+    pil_dataset = Dataset.from_folder(folder, split=None, view=View(MIN_SIZE, MAX_SIZE,
+                                                                   use_simplejpeg=False))
     items = _page_items(dataset)
     facts = {"megabytes": statistics.mean(dataset.image_path(i).stat().st_size
                                           for i in range(len(dataset))) / 1e6,
@@ -137,8 +137,7 @@ def _time_pipelines(folder: Path, repeats: int) -> Tuple[Dict[str, List[Tuple[fl
     for _ in range(repeats):
         for name, function in pipelines.items():
             timings[name].append(_timed(function))
-    cached = Dataset.from_folder(folder, split=None, min_size=MIN_SIZE, max_size=MAX_SIZE,
-                                 cache=True)
+    cached = Dataset.from_folder(folder, split=None, view=View(MIN_SIZE, MAX_SIZE, cache=True))
     for index in range(len(cached)):
         cached[index]  # fill the cache
     timings["ours, cached images"] = [_timed(lambda: _consume(cached[i] for i in range(len(cached))))

@@ -85,7 +85,7 @@ def _checkpoint(folder: Path, backbone: str) -> Path:
 def run(args: argparse.Namespace) -> dict:
     from maskdla.export import export_onnx
     from maskdla.predict import Predictor, main
-    from maskdla.prediction import load_image
+    from maskdla.prediction import PostProcess, load_image
 
     engines = [name.strip() for name in args.engines.split(",") if name.strip()]
     workers = [int(value) for value in args.workers.split(",")]
@@ -101,9 +101,10 @@ def run(args: argparse.Namespace) -> dict:
             export_onnx(checkpoints["torch"], checkpoints["onnxruntime"], score_thresh=0.0,
                         max_detections=25)
         paths = sorted(scans.iterdir())
-        predictors = {engine: Predictor(checkpoints[engine], device="cpu", score_thresh=0.0,
-                                        max_detections=25, largest_only=True,
-                                        engine=engine)
+        predictors = {engine: Predictor(checkpoints[engine], device="cpu",
+                                        postprocess=PostProcess(score_thresh=0.0,
+                                                                largest_only=True),
+                                        max_detections=25, engine=engine)
                       for engine in engines}
         any_predictor = next(iter(predictors.values()))
         start = time.perf_counter()

@@ -29,6 +29,7 @@ _EXPORTS = {
     "coco_to_pages": "maskdla.data.coco",
     "load_coco": "maskdla.data.coco",
     "Dataset": "maskdla.data.dataset",
+    "View": "maskdla.data.dataset",
     "GroupedBatchSampler": "maskdla.data.dataset",
     "collate_fn": "maskdla.data.dataset",
     "aspect_ratio_groups": "maskdla.data.dataset",

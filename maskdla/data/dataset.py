@@ -12,13 +12,18 @@ where the speed comes from:
   does the rest;
 * each region's polygon is rasterised directly at the training size, inside its bounding
   box only, instead of a full-size mask per region that is then resized;
-* optionally (``cache=True``) the resized decoded images stay in memory.
+* optionally (``View(cache=True)``) the resized decoded images stay in memory.
+
+How a Dataset serves its pages (sizes, training view and its augmentations, cache,
+decoder, specks) is one parameter object, :class:`View`, whose defaults are the ones
+:class:`~maskdla.config.TrainConfig` takes too.
 
 Pages without regions stay in the data set as negatives. ``python -m maskdla.bench loader``
 measures the pipeline against the naive one (docs/benchmarks.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -32,6 +37,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Sampler
 
 from maskdla.data.archives import data_folder, is_zip
+from maskdla.data.augment import AugmentSettings, apply_transforms, build_transforms
 from maskdla.data.image import SWAPS_SIDES, check_one_page, orientation_transpose, to_rgb
 from maskdla.data.coco import folder_to_coco, load_coco
 from maskdla.data.reading import RepairReport, UnknownClasses, map_label
@@ -43,13 +49,65 @@ try:  # libjpeg-turbo straight into numpy; without it PIL decodes (a few ms slow
 except ImportError:  # pragma: no cover - a platform with no simplejpeg wheel
     simplejpeg = None
 
-__all__ = ["Dataset", "GroupedBatchSampler", "aspect_ratio_groups", "collate_fn",
+__all__ = ["Dataset", "GroupedBatchSampler", "View", "aspect_ratio_groups", "collate_fn",
            "training_size"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Target = Dict[str, torch.Tensor]
 ClassMap = Mapping[str, Optional[str]]
 
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """How a :class:`Dataset` serves its pages: its parameter object, each default here
+    (TrainConfig takes its defaults from these).
+
+    Attributes:
+        min_size: short side at training size; a tuple is multi-scale training: with
+            ``train=True`` each item picks one at random, else the last is used.
+        max_size: the long side is never longer than this.
+        train: the training view: a random ``min_size`` per item and ``augment`` (both off
+            with ``train=False``).
+        augment: the augmentations of the training view
+            (:data:`maskdla.data.augment.AUGMENTATIONS`: ``AugmentSettings(hflip=True,
+            brightness_contrast=0.2)``); all off by default.
+        cache: keep resized decoded images in memory (per process: each DataLoader worker
+            has its own, so use it with ``persistent_workers=True`` or no workers; one
+            entry per image and training size, about 2.8 MB per page at 800 x 1156).
+        use_simplejpeg: decode JPEG with simplejpeg where installed (False: through PIL).
+        min_region_size: regions whose sqrt(width x height) at the test size (the last
+            ``min_size``) is under this many pixels are "specks", too small to learn: they
+            are kept out of the targets and marked ``iscrowd`` in :attr:`Dataset.coco`,
+            which COCO evaluation ignores instead of counting them as misses (0: none).
+
+    Raises:
+        InputError: sizes that are not positive integers, a negative ``min_region_size``.
+    """
+
+    min_size: Union[int, Tuple[int, ...]] = 800
+    max_size: int = 1333
+    train: bool = False
+    augment: AugmentSettings = AugmentSettings()
+    cache: bool = False
+    use_simplejpeg: bool = True
+    min_region_size: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_size, int):  # a list would make the view unhashable
+            object.__setattr__(self, "min_size", tuple(self.min_size))
+        if not self.min_sizes or any(not isinstance(s, int) or s < 1
+                                     for s in self.min_sizes + (self.max_size,)):
+            raise InputError(f"min_size and max_size must be positive integers, got "
+                             f"{self.min_size!r} and {self.max_size!r}")
+        if self.min_region_size < 0:
+            raise InputError(f"min_region_size must be >= 0, got {self.min_region_size}")
+        if not isinstance(self.augment, AugmentSettings):
+            raise TypeError(f"augment must be AugmentSettings, got {self.augment!r}")
+
+    @property
+    def min_sizes(self) -> Tuple[int, ...]:
+        """``min_size`` as a tuple."""
+        return (self.min_size,) if isinstance(self.min_size, int) else self.min_size
 
 
 class _Instance:
@@ -301,25 +359,12 @@ class Dataset(torch.utils.data.Dataset):
             the named ones).
         fold_subtypes: fold SegmOnto sub-types (``MainZone#1``, ``MainZone:column``) to
             their main type, before ``class_map``.
-        min_size: short side at training size; a tuple is multi-scale training: with
-            ``train=True`` each item picks one at random, else the last is used.
-        max_size: the long side is never longer than this.
-        train: apply the augmentations below (they are off with ``train=False``).
-        cache: keep resized decoded images in memory (per process: each DataLoader worker
-            has its own, so use it with ``persistent_workers=True`` or no workers; one
-            entry per image and training size, about 2.8 MB per page at 800 x 1156).
-        hflip: random horizontal flip with probability 0.5. Off by default: page layout is
-            not mirror symmetric (drop capitals sit left of their staff).
-        brightness_contrast: random brightness and contrast factors in [1 - x, 1 + x]
-            (0 = off; 0.2 is mild).
+        view: sizes, training view and augmentations, cache, decoder, specks
+            (:class:`View`; default: the test view at 800 / 1333 px).
         source: name of the annotation source for messages (the JSON or the folder).
-        use_simplejpeg: decode JPEG with simplejpeg where installed (False: through PIL).
-        min_region_size: regions whose sqrt(width x height) at the test size (the last
-            ``min_size``) is under this many pixels are "specks", too small to learn: they
-            are kept out of the targets and marked ``iscrowd`` in :attr:`coco`, which COCO
-            evaluation ignores instead of counting them as misses (0: none).
 
     Attributes:
+        view: the :class:`View` it was made with.
         classes: class names without background.
         coco: COCO ground truth at original resolution (polygons), category ids = labels,
             image ids = ``target["image_id"]``; ready for pycocotools.
@@ -335,29 +380,18 @@ class Dataset(torch.utils.data.Dataset):
 
     def __init__(self, coco: Dict[str, Any], image_dir: PathLike, *,
                  classes: Optional[Sequence[str]] = None, class_map: Optional[ClassMap] = None,
-                 min_size: Union[int, Sequence[int]] = 800, max_size: int = 1333,
-                 train: bool = False, cache: bool = False, hflip: bool = False,
-                 brightness_contrast: float = 0.0, source: Optional[PathLike] = None,
-                 use_simplejpeg: bool = True, fold_subtypes: bool = False,
-                 min_region_size: float = 0.0):
+                 fold_subtypes: bool = False, view: View = View(),
+                 source: Optional[PathLike] = None):
         self.image_dir = Path(image_dir)
         source_name = str(source if source is not None else self.image_dir)
-        sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
-        if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes + (max_size,)):
-            raise InputError(f"min_size and max_size must be positive integers, got "
-                             f"{min_size!r} and {max_size!r}")
-        if min_region_size < 0:
-            raise InputError(f"min_region_size must be >= 0, got {min_region_size}")
-        if not 0 <= brightness_contrast < 1:
-            raise InputError(f"brightness_contrast must be in [0, 1), got {brightness_contrast}")
-        self.min_sizes: Tuple[int, ...] = sizes
-        self.max_size = max_size
-        self.train = train
-        self.hflip = hflip
-        self.brightness_contrast = brightness_contrast
-        self.use_simplejpeg = use_simplejpeg
+        self.view = view
+        self.min_sizes: Tuple[int, ...] = view.min_sizes
+        self.max_size = view.max_size
+        self.train = view.train
+        self.use_simplejpeg = view.use_simplejpeg
+        self._transforms = build_transforms(view.augment) if view.train else []
         self.repair_report: Optional[RepairReport] = None
-        self._cache: Optional[Dict[Tuple[int, int, int], torch.Tensor]] = {} if cache else None
+        self._cache: Optional[Dict[Tuple[int, int, int], torch.Tensor]] = {} if view.cache else None
 
         self.classes, label_of = _resolve_classes(coco, classes, class_map, source_name,
                                                   fold_subtypes)
@@ -386,7 +420,7 @@ class Dataset(torch.utils.data.Dataset):
             if instance is None or annotation["image_id"] not in index_of:
                 continue
             index = index_of[annotation["image_id"]]
-            if self._is_speck(instance.bbox, self._images[index], min_region_size):
+            if self._is_speck(instance.bbox, self._images[index], view.min_region_size):
                 self.specks += 1
                 instance.iscrowd = 1
             else:
@@ -434,7 +468,7 @@ class Dataset(torch.utils.data.Dataset):
         ``verbosity`` 1 (default), when reading repaired or skipped anything, the first
         region notes and one summary line go to stderr (clean data: nothing); 2 prints
         every note and the summary always; 0 nothing. Other keyword arguments as for
-        :class:`Dataset`.
+        :class:`Dataset` (``view``: sizes, augmentations, cache; :class:`View`).
         """
         folder = data_folder(root) if split is None else data_folder(root) / split
         if not folder.is_dir() and is_zip(root):
@@ -547,24 +581,8 @@ class Dataset(torch.utils.data.Dataset):
         pixels = self._image(index, height, width)
         target = self._target(index, height, width)
         image = pixels.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-        if self.train:
-            image, target = self._augment(image, target)
-        return image, target
-
-    def _augment(self, image: torch.Tensor, target: Target) -> Tuple[torch.Tensor, Target]:
-        if self.hflip and torch.rand(()) < 0.5:
-            width = image.shape[-1]
-            image = image.flip(-1)
-            target["masks"] = target["masks"].flip(-1)
-            boxes = target["boxes"].clone()
-            boxes[:, 0], boxes[:, 2] = width - target["boxes"][:, 2], width - target["boxes"][:, 0]
-            target["boxes"] = boxes
-        if self.brightness_contrast > 0:
-            strength = self.brightness_contrast
-            brightness, contrast = (1 + (torch.rand(2) * 2 - 1) * strength).tolist()
-            mean = image.mean()
-            image = ((image - mean) * contrast + mean).mul_(brightness).clamp_(0, 1)
-        return image, target
+        # the training view's augmentations (maskdla.data.augment), in the table's order
+        return apply_transforms(self._transforms, image, target)
 
 
 def collate_fn(batch: Sequence[Tuple[torch.Tensor, Target]]

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Sequence
 
 from maskdla.data.archives import data_folder
-from maskdla.data.dataset import Dataset
+from maskdla.data.augment import AugmentSettings, settings_of
+from maskdla.data.dataset import Dataset, View
 from maskdla.data.reading import unused_class_options
 from maskdla.data.synthetic import default_corpus
 from maskdla.errors import InputError
@@ -34,13 +35,13 @@ class RunData(NamedTuple):
     test: Dataset
 
 
-def _view(config: "TrainConfig", train: bool) -> Dict[str, Any]:
-    """Dataset options of the training view (augmentation, every ``min_size``) or of the
-    test view (the last ``min_size``)."""
-    return dict(max_size=config.max_size, train=train,
+def _view(config: "TrainConfig", train: bool) -> View:
+    """The training view (the config's augmentations, every ``min_size``) or the test view
+    (the last ``min_size``, no augmentation)."""
+    return View(max_size=config.max_size, train=train,
                 min_size=tuple(config.min_size) if train else config.min_size[-1],
                 cache=train and config.cache_images, min_region_size=config.min_region_size,
-                brightness_contrast=config.brightness_contrast if train else 0.0)
+                augment=settings_of(config) if train else AugmentSettings())
 
 
 def run_dataset(config: "TrainConfig", split: str, *, train: bool = False,
@@ -51,7 +52,7 @@ def run_dataset(config: "TrainConfig", split: str, *, train: bool = False,
     images come at the test size (the last ``min_size``). ``classes`` fixes the label
     order (a checkpoint's); default the config's, else the data's sorted class names.
     """
-    options = dict(_view(config, train), class_map=config.class_map,
+    options = dict(view=_view(config, train), class_map=config.class_map,
                    fold_subtypes=config.fold_subtypes,
                    classes=list(classes) if classes is not None else config.classes)
     if config.train_ann or config.test_ann:
@@ -86,7 +87,7 @@ def flat_split(config: "TrainConfig", root: Path, split: str,
         raise InputError(f"a data folder without train/ and test/ has only the train and "
                          f"test splits the run draws (--test-fraction), no {split!r}", root)
     # read at the test view, its repair notes printed once (for the train split)
-    read = dict(options, **_view(config, False))
+    read = dict(options, view=_view(config, False))
     whole = Dataset.from_folder(root, None, instances=config.task,
                                 verbosity=1 if split == "train" else 0, **read)
     ids = sorted(image["id"] for image in whole.coco["images"])
@@ -97,7 +98,7 @@ def flat_split(config: "TrainConfig", root: Path, split: str,
     test_ids = set(random.Random(config.seed).sample(ids, count))
     chosen = test_ids if split == "test" else set(ids) - test_ids
     # the classes are mapped already: the subset takes only the split's view
-    return _subset(whole, chosen, _view(config, options["train"]))
+    return _subset(whole, chosen, _view(config, options["view"].train))
 
 
 def report_specks(dataset: Dataset, min_region_size: float, split: str) -> None:
@@ -158,9 +159,9 @@ def split_off(train_set: Dataset, config: "TrainConfig") -> tuple:
             _subset(train_set, val_ids, _view(config, False)))
 
 
-def _subset(dataset: Dataset, ids: set, options: Dict[str, Any]) -> Dataset:
+def _subset(dataset: Dataset, ids: set, view: View) -> Dataset:
     coco = {"images": [image for image in dataset.coco["images"] if image["id"] in ids],
             "annotations": [annotation for annotation in dataset.coco["annotations"]
                             if annotation["image_id"] in ids],
             "categories": dataset.coco["categories"]}
-    return Dataset(coco, dataset.image_dir, classes=dataset.classes, **options)
+    return Dataset(coco, dataset.image_dir, classes=dataset.classes, view=view)

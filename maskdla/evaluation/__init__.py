@@ -9,10 +9,11 @@
 - :mod:`.lines`: text-line metrics on pages: baseline P/R/F1 (READ-BAD / cBAD scheme) and
   line-polygon IoU F1;
 - :mod:`.evaluate`: :func:`predict_coco_results` and :func:`evaluate` over a Dataset
-  (batched, one shard per rank under DDP).
+  (batched, one shard per rank under DDP), run by the settings of :class:`EvalSettings`.
 
 The command line is ``python -m maskdla.eval`` (:mod:`maskdla.eval`).
 """
 from maskdla.evaluation.evaluate import evaluate, predict_coco_results
+from maskdla.evaluation.evaluators import EvalSettings
 
-__all__ = ["evaluate", "predict_coco_results"]
+__all__ = ["EvalSettings", "evaluate", "predict_coco_results"]

@@ -17,9 +17,10 @@ file, without a model.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -27,7 +28,8 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from maskdla.evaluation.evaluators import EVALUATORS, EvaluationInputs, run_evaluators
+from maskdla.evaluation.evaluators import (EVALUATORS, EvalSettings, EvaluationInputs,
+                                           run_evaluators)
 from maskdla.evaluation.results import detections_to_coco_results
 from maskdla.distributed import all_gather_objects, broadcast_object
 from maskdla.errors import InputError
@@ -74,12 +76,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
-                         device: Optional[Union[str, torch.device]] = None,
-                         amp: Optional[bool] = None, num_workers: int = 0,
-                         classes: Optional[Sequence[str]] = None, mask_threshold: float = 0.5,
-                         timings: Optional[Dict[str, float]] = None,
-                         progress: bool = True) -> List[dict]:
+def predict_coco_results(model: torch.nn.Module, dataset: Any,
+                         settings: EvalSettings = EvalSettings(), *,
+                         timings: Optional[Dict[str, float]] = None) -> List[dict]:
     """Run ``model`` over ``dataset`` and return COCO results in original image pixels.
 
     Args:
@@ -88,18 +87,11 @@ def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: in
         dataset: items ``(image Float[3, H, W] at training resolution, target)`` with
             ``target["image_id"]`` and ``target["orig_size"]`` (H0, W0); attributes
             ``classes`` and ``coco`` (ground truth whose category names hold the classes).
-        batch_size: images per forward pass.
-        device: where to run; default the model's device (the model is moved there).
-        amp: autocast for the backbone and RPN (:func:`raw_detections`); default on for
-            CUDA, off otherwise.
-        num_workers: DataLoader worker processes.
-        classes: the model's class names (label i = classes[i - 1]) when they differ in
-            order from ``dataset.classes``; matched to the data's categories by name.
-        mask_threshold: mask probability above which a pixel belongs to the mask.
+        settings: batch size, device, AMP, DataLoader workers, the model's classes, mask
+            threshold and progress bar (:class:`~maskdla.evaluation.evaluators.EvalSettings`;
+            the scoring fields are not used here).
         timings: if given, seconds are added under ``data`` (waiting for images),
             ``inference`` and ``paste_rle``, and the image count under ``images``.
-        progress: a progress bar on stderr (pages; rank 0's only under DDP), as training
-            and prediction show: an evaluation of many pages takes minutes.
 
     Returns:
         COCO results ``{"image_id", "category_id", "score", "bbox": [x, y, w, h],
@@ -108,51 +100,29 @@ def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: in
     """
     if isinstance(model, (DistributedDataParallel, DataParallel)):
         model = model.module
-    num_classes = _num_model_classes(model)
-    model_classes = list(classes) if classes is not None else list(dataset.classes)
-    if num_classes is not None and num_classes != len(model_classes):
-        raise InputError(f"the model has {num_classes} classes but the data has "
-                         f"{len(model_classes)} ({', '.join(model_classes)})")
-    category_ids = _category_ids(dataset, classes)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    amp = device.type == "cuda" if amp is None else amp
+    category_ids = _checked_category_ids(model, dataset, settings.classes)
+    device = (torch.device(settings.device) if settings.device is not None
+              else next(model.parameters()).device)
+    amp = device.type == "cuda" if settings.amp is None else settings.amp
     model.to(device)
     shard = dataset
     if _distributed():
         shard = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
-    loader = DataLoader(ErrorsAsItems(shard), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate,
+    loader = DataLoader(ErrorsAsItems(shard), batch_size=settings.batch_size, shuffle=False,
+                        num_workers=settings.num_workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
     seconds = {"data": 0.0, "inference": 0.0, "paste_rle": 0.0}
-    results: List[dict] = []
     bar = tqdm(total=len(shard), unit="page", desc="evaluate", file=sys.stderr, leave=False,
                # None: tqdm's own rule, no bar where stderr is no terminal (a log file, a
                # pipeline reading the one-line error of a bad page)
-               disable=True if not progress or (_distributed() and dist.get_rank() != 0)
-               else None)
+               disable=True if not settings.progress
+               or (_distributed() and dist.get_rank() != 0) else None)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            fetch_start = time.perf_counter()
-            for batch in loader:
-                loaded = time.perf_counter()
-                if isinstance(batch, InputError):
-                    raise batch
-                images = [image.to(device, non_blocking=True) for image, _, _ in batch]
-                detections, input_sizes = raw_detections(model, images, amp)
-                _synchronize(device)
-                inferred = time.perf_counter()
-                for found, input_size, (_, image_id, orig_size) in zip(detections, input_sizes,
-                                                                      batch):
-                    results.extend(detections_to_coco_results(
-                        found, image_id, input_size, orig_size, category_ids, mask_threshold))
-                pasted = time.perf_counter()
-                seconds["data"] += loaded - fetch_start
-                seconds["inference"] += inferred - loaded
-                seconds["paste_rle"] += pasted - inferred
-                bar.update(len(batch))
-                fetch_start = time.perf_counter()
+        context = _BatchContext(device, amp, category_ids, settings.mask_threshold, bar,
+                                seconds)
+        results = _batch_results(model, loader, context)
     finally:
         bar.close()
         model.train(was_training)
@@ -166,23 +136,72 @@ def predict_coco_results(model: torch.nn.Module, dataset: Any, *, batch_size: in
     return results
 
 
-def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
-             device: Optional[Union[str, torch.device]] = None, amp: Optional[bool] = None,
-             num_workers: int = 0, classes: Optional[Sequence[str]] = None,
-             mask_threshold: float = 0.5, verbose: bool = False,
-             timings: Optional[Dict[str, float]] = None, layout: bool = False,
-             match_iou: float = 0.5, score_thresh: float = 0.5,
-             progress: bool = True, evaluators: Sequence[str] = ("coco",)) -> Dict[str, dict]:
+def _checked_category_ids(model: torch.nn.Module, dataset: Any,
+                          classes: Optional[Sequence[str]]) -> List[int]:
+    """:func:`_category_ids`, once the model is known to have as many classes as named."""
+    num_classes = _num_model_classes(model)
+    model_classes = list(classes) if classes is not None else list(dataset.classes)
+    if num_classes is not None and num_classes != len(model_classes):
+        raise InputError(f"the model has {num_classes} classes but the data has "
+                         f"{len(model_classes)} ({', '.join(model_classes)})")
+    return _category_ids(dataset, classes)
+
+
+class _BatchContext(NamedTuple):
+    """How :func:`_batch_results` runs: the device, autocast, the COCO category id of each
+    label, the mask threshold, the progress bar and the seconds of each stage (added to)."""
+
+    device: torch.device
+    amp: bool
+    category_ids: List[int]
+    mask_threshold: float
+    bar: Any
+    seconds: Dict[str, float]
+
+
+@torch.inference_mode()
+def _batch_results(model: torch.nn.Module, loader: DataLoader, context: _BatchContext
+                   ) -> List[dict]:
+    """The COCO results of every batch of ``loader`` (the first InputError raised)."""
+    results: List[dict] = []
+    seconds = context.seconds
+    fetch_start = time.perf_counter()
+    for batch in loader:
+        loaded = time.perf_counter()
+        if isinstance(batch, InputError):
+            raise batch
+        images = [image.to(context.device, non_blocking=True) for image, _, _ in batch]
+        detections, input_sizes = raw_detections(model, images, context.amp)
+        _synchronize(context.device)
+        inferred = time.perf_counter()
+        for found, input_size, (_, image_id, orig_size) in zip(detections, input_sizes, batch):
+            results.extend(detections_to_coco_results(found, image_id, input_size, orig_size,
+                                                      context.category_ids,
+                                                      context.mask_threshold))
+        pasted = time.perf_counter()
+        seconds["data"] += loaded - fetch_start
+        seconds["inference"] += inferred - loaded
+        seconds["paste_rle"] += pasted - inferred
+        context.bar.update(len(batch))
+        fetch_start = time.perf_counter()
+    return results
+
+
+def evaluate(model: torch.nn.Module, dataset: Any, settings: EvalSettings = EvalSettings(), *,
+             evaluators: Sequence[str] = ("coco",), layout: bool = False,
+             timings: Optional[Dict[str, float]] = None) -> Dict[str, dict]:
     """Metrics of ``model`` on ``dataset``: the blocks of metrics.json that the evaluators
     named in ``evaluators`` write (:data:`maskdla.evaluation.evaluators.EVALUATORS`), by
     default COCO's bbox and segm as pycocotools computes them.
 
-    Arguments as :func:`predict_coco_results`; ``verbose`` shows pycocotools' own output;
+    ``settings`` (:class:`~maskdla.evaluation.evaluators.EvalSettings`) as in
+    :func:`predict_coco_results`, and for the scoring: ``verbose`` shows pycocotools' own
+    output, the ``layout`` evaluator (:func:`maskdla.evaluation.layout.layout_metrics`)
+    takes the detections scoring >= ``score_thresh``, matched at ``match_iou``.
     ``timings`` also gets each evaluator's seconds (``cocoeval``, ``layout``, ...).
-    ``layout`` adds the ``layout`` evaluator (:func:`maskdla.evaluation.layout.layout_metrics`
-    of the detections scoring >= ``score_thresh``, matched at ``match_iou``), e.g. for
-    choosing checkpoints by ``layout.region_f1``. The ground truth is ``dataset.coco`` (at
-    the original resolution, so APs/APm/APl use the original areas, as COCO defines them).
+    ``layout`` adds the ``layout`` evaluator, e.g. for choosing checkpoints by
+    ``layout.region_f1``. The ground truth is ``dataset.coco`` (at the original resolution,
+    so APs/APm/APl use the original areas, as COCO defines them).
 
     Returns:
         ``{"bbox": {...}, "segm": {...}}`` as :func:`maskdla.evaluation.coco.coco_metrics`: AP,
@@ -196,15 +215,11 @@ def evaluate(model: torch.nn.Module, dataset: Any, *, batch_size: int = 2,
     if unknown:
         raise InputError(f"evaluate: no evaluator {', '.join(map(repr, unknown))} scores a "
                          f"model (evaluators: {', '.join(EVALUATORS)})")
-    results = predict_coco_results(model, dataset, batch_size=batch_size, device=device, amp=amp,
-                                   num_workers=num_workers, classes=classes,
-                                   mask_threshold=mask_threshold, timings=timings,
-                                   progress=progress)
+    results = predict_coco_results(model, dataset, settings, timings=timings)
     metrics: Dict[str, dict] = {}
     if not _distributed() or dist.get_rank() == 0:
-        inputs = EvaluationInputs(model, dataset, results, batch_size=batch_size,
-                                  device=torch.device(device) if device is not None else None,
-                                  num_workers=num_workers, classes=classes, verbose=verbose,
-                                  match_iou=match_iou, score_thresh=score_thresh)
+        device = settings.device
+        inputs = EvaluationInputs(model, dataset, results, dataclasses.replace(
+            settings, device=torch.device(device) if device is not None else None))
         metrics = run_evaluators(names, inputs, timings)
     return broadcast_object(metrics)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -22,26 +22,54 @@ from maskdla.evaluation.coco import STAT_INDEX, coco_metrics
 from maskdla.evaluation.layout_inputs import results_layout_metrics
 from maskdla.evaluation.proposals import proposal_recall
 
-__all__ = ["EvaluationInputs", "Evaluator", "EVALUATORS", "run_evaluators", "check_best_metric",
-           "evaluators_for"]
+__all__ = ["EvalSettings", "EvaluationInputs", "Evaluator", "EVALUATORS", "run_evaluators",
+           "check_best_metric", "evaluators_for"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a model is run over a data set and scored: the settings of
+    :func:`maskdla.evaluation.evaluate` and :func:`maskdla.evaluation.predict_coco_results`
+    (which uses the first seven), each default here.
+
+    Attributes:
+        batch_size: images per forward pass.
+        device: where to run; default the model's device (the model is moved there).
+        amp: autocast for the backbone and RPN (:func:`maskdla.inference.raw_detections`);
+            default on for CUDA, off otherwise.
+        num_workers: DataLoader worker processes.
+        classes: the model's class names (label i = classes[i - 1]) when they differ in
+            order from ``dataset.classes``; matched to the data's categories by name.
+        mask_threshold: mask probability above which a pixel belongs to the mask.
+        progress: a progress bar on stderr (pages; rank 0's only under DDP), as training
+            and prediction show: an evaluation of many pages takes minutes.
+        verbose: pycocotools' own output.
+        match_iou: the IoU at which the ``layout`` evaluator matches regions.
+        score_thresh: the ``layout`` evaluator scores the detections scoring at least this.
+    """
+
+    batch_size: int = 2
+    device: Optional[Union[str, torch.device]] = None
+    amp: Optional[bool] = None
+    num_workers: int = 0
+    classes: Optional[Sequence[str]] = None
+    mask_threshold: float = 0.5
+    progress: bool = True
+    verbose: bool = False
+    match_iou: float = 0.5
+    score_thresh: float = 0.5
 
 
 @dataclass(frozen=True)
 class EvaluationInputs:
     """What an evaluator may score: the model, the data set (``dataset.coco``: the ground
-    truth at the original resolution) and the model's COCO results on it, with the options
-    of :func:`maskdla.evaluation.evaluate`."""
+    truth at the original resolution) and the model's COCO results on it, with the
+    settings of the evaluation."""
 
     model: torch.nn.Module
     dataset: Any
     results: List[dict]
-    batch_size: int = 2
-    device: Optional[torch.device] = None
-    num_workers: int = 0
-    classes: Optional[Sequence[str]] = None
-    verbose: bool = False
-    match_iou: float = 0.5
-    score_thresh: float = 0.5
+    settings: EvalSettings = EvalSettings()
 
 
 @dataclass(frozen=True)
@@ -69,20 +97,22 @@ class Evaluator:
 
 
 def _coco(inputs: EvaluationInputs) -> Dict[str, Any]:
-    return coco_metrics(inputs.dataset.coco, inputs.results, verbose=inputs.verbose)
+    return coco_metrics(inputs.dataset.coco, inputs.results, verbose=inputs.settings.verbose)
 
 
 def _layout(inputs: EvaluationInputs) -> Dict[str, Any]:
     return {"layout": results_layout_metrics(inputs.dataset.coco, inputs.results,
-                                             match_iou=inputs.match_iou,
-                                             score_thresh=inputs.score_thresh)}
+                                             match_iou=inputs.settings.match_iou,
+                                             score_thresh=inputs.settings.score_thresh)}
 
 
 def _proposals(inputs: EvaluationInputs) -> Dict[str, Any]:
+    settings = inputs.settings
     return {"proposals": proposal_recall(inputs.model, inputs.dataset,
-                                         batch_size=inputs.batch_size, device=inputs.device,
-                                         num_workers=inputs.num_workers,
-                                         classes=inputs.classes)}
+                                         batch_size=settings.batch_size,
+                                         device=settings.device,
+                                         num_workers=settings.num_workers,
+                                         classes=settings.classes)}
 
 
 #: name -> evaluator; "coco" first: every evaluation computes it.

@@ -1,7 +1,7 @@
 """Prediction: page images -> regions (polygons) and text lines -> PAGE-XML, ALTO, overlays.
 
 - :mod:`.predictor`: :class:`Predictor` (load, detect, to_page) and
-  :func:`detections_to_page`;
+  :func:`detections_to_page`, post-processed by the settings of :class:`PostProcess`;
 - :mod:`.pipeline`: :class:`PagePipeline`, a region model and a line model together;
 - :mod:`.vectorize`: mask probabilities -> polygons, merging;
 - :mod:`.order`: reading order by layout (columns, running titles, margins);
@@ -11,9 +11,10 @@
 
 The command line is ``python -m maskdla.predict`` (:mod:`maskdla.predict`).
 """
-from maskdla.prediction.predictor import (IMAGE_SUFFIXES, Predictor, detections_to_page,
-                                          load_image, page_to_coco_results)
+from maskdla.prediction.predictor import (IMAGE_SUFFIXES, PostProcess, Predictor,
+                                          detections_to_page, load_image,
+                                          page_to_coco_results)
 from maskdla.prediction.pipeline import PagePipeline
 
-__all__ = ["IMAGE_SUFFIXES", "PagePipeline", "Predictor", "detections_to_page", "load_image",
-           "page_to_coco_results"]
+__all__ = ["IMAGE_SUFFIXES", "PagePipeline", "PostProcess", "Predictor", "detections_to_page",
+           "load_image", "page_to_coco_results"]

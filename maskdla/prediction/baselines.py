@@ -14,6 +14,7 @@ page image, x to the right, y down.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -21,7 +22,8 @@ import shapely
 from shapely.geometry import LineString, Polygon
 
 from maskdla.data.page import Point, TextLine
-from maskdla.prediction.vectorize import as_numpy, scored_mask_polygons, snap_to_pixels
+from maskdla.prediction.vectorize import (PostProcess, as_numpy, scored_mask_polygons,
+                                         snap_to_pixels)
 
 __all__ = ["BASELINE_POSITION", "polygon_baseline", "lines_from_detections"]
 
@@ -37,7 +39,7 @@ MAX_SAMPLES = 64
 
 
 def polygon_baseline(polygon: Polygon, position: float = BASELINE_POSITION,
-                     tolerance: float = 1.0) -> List[Point]:
+                     tolerance: float = PostProcess.tolerance) -> List[Point]:
     """The baseline of a line polygon, left to right.
 
     Args:
@@ -78,9 +80,9 @@ def polygon_baseline(polygon: Polygon, position: float = BASELINE_POSITION,
 
 def lines_from_detections(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
                           classes: Sequence[str], image_size: Tuple[int, int], *,
-                          score_thresh: float = 0.5, mask_thresh: float = 0.5,
-                          baseline_position: float = BASELINE_POSITION,
-                          tolerance: float = 1.0) -> Tuple[List[TextLine], Dict[str, int]]:
+                          postprocess: PostProcess = PostProcess(),
+                          baseline_position: float = BASELINE_POSITION
+                          ) -> Tuple[List[TextLine], Dict[str, int]]:
     """A line model's detections on one image -> text lines with polygon and baseline.
 
     Args:
@@ -90,22 +92,26 @@ def lines_from_detections(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
         mask_probs: Float[N, 1, M, M] (or [N, M, M]) mask probabilities over each box.
         classes: the line model's class names (line types), without background.
         image_size: (height, width) of the original image.
-        score_thresh, mask_thresh: detections scoring below, mask pixels below, are out.
+        postprocess: the line model's settings
+            (:class:`~maskdla.prediction.vectorize.PostProcess`): ``score_thresh`` and
+            ``mask_thresh`` (detections scoring below, mask pixels below, are out) and
+            ``tolerance`` (polygon and baseline simplification, in pixels); a line is its
+            mask's largest component, whatever ``largest_only`` and ``min_area`` say, and
+            lines are never merged.
         baseline_position: see :func:`polygon_baseline`.
-        tolerance: polygon and baseline simplification, in pixels.
 
     Returns:
         ``(lines, dropped)``: the lines in detection order (ids ``l1, l2, ...``,
         ``region_id`` empty: :mod:`maskdla.prediction` places them into regions), each
         with its largest mask component as polygon (integer points) and its baseline;
         ``dropped`` counts detections that gave no line, by reason (``"empty mask"``).
-        Detections below ``score_thresh`` are not lines and are not counted.
+        Detections below ``postprocess.score_thresh`` are not lines and are not counted.
     """
     scores = np.asarray(as_numpy(scores), dtype=np.float64).reshape(-1)
     labels = np.asarray(as_numpy(labels)).reshape(-1)
     keep, components = scored_mask_polygons(
-        boxes, scores, mask_probs, image_size, score_thresh=score_thresh, level=mask_thresh,
-        tolerance=tolerance, largest_only=True)
+        boxes, scores, mask_probs, image_size,
+        dataclasses.replace(postprocess, min_area=0.0, largest_only=True))
     height, width = int(image_size[0]), int(image_size[1])
     lines: List[TextLine] = []
     dropped: Dict[str, int] = {}
@@ -115,7 +121,7 @@ def lines_from_detections(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
         if polygon is None or polygon.is_empty:
             dropped["empty mask"] = dropped.get("empty mask", 0) + 1
             continue
-        baseline = polygon_baseline(polygon, baseline_position, tolerance)
+        baseline = polygon_baseline(polygon, baseline_position, postprocess.tolerance)
         lines.append(TextLine(
             id=f"l{len(lines) + 1}", region_id="",
             polygon=[(x, y) for x, y in np.asarray(polygon.exterior.coords)[:-1].tolist()],

@@ -35,7 +35,8 @@ from maskdla.prediction.predictor import (IMAGE_SUFFIXES, Predictor, load_image,
                                           page_to_coco_results)
 
 __all__ = ["InputImage", "find_images", "PageImages", "LoadedPage", "collate_pages",
-           "zip_members", "PageRecord", "as_pipeline", "predict_collection"]
+           "zip_members", "PageRecord", "as_pipeline", "CollectionSettings",
+           "predict_collection"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -264,12 +265,36 @@ def _predicted_record(image: InputImage, result: PredictedPage, seconds: float,
     return record
 
 
+@dataclasses.dataclass(frozen=True)
+class CollectionSettings:
+    """How :func:`predict_collection` goes through a collection, each default here (also
+    those of ``python -m maskdla.predict``'s flags).
+
+    Attributes:
+        formats: names of :data:`maskdla.data.formats.FORMATS` (any sequence, kept as a
+            tuple).
+        batch_size: images per model batch.
+        workers: DataLoader worker processes decoding the images (0: in this process).
+        skip_existing: an image whose outputs all exist is not predicted again (files are
+            written atomically, so an existing file is a complete one).
+        overlay: also draw ``<mirrored>/overlay/STEM.jpg``.
+        progress: a progress bar on stderr.
+    """
+
+    formats: Tuple[str, ...] = ("page",)
+    batch_size: int = 2
+    workers: int = 2
+    skip_existing: bool = False
+    overlay: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(self.formats))
+
+
 def predict_collection(predictor: Union[Predictor, PagePipeline], images: Sequence[InputImage],
-                       out: Path, *,
-                       formats: Sequence[str] = ("page",), batch_size: int = 2,
-                       workers: int = 2, skip_existing: bool = False, overlay: bool = False,
-                       coco: Optional[List[dict]] = None, progress: bool = True
-                       ) -> List[PageRecord]:
+                       out: Path, settings: CollectionSettings = CollectionSettings(), *,
+                       coco: Optional[List[dict]] = None) -> List[PageRecord]:
     """Predict every image and write its outputs; returns one record per image.
 
     Args:
@@ -278,15 +303,12 @@ def predict_collection(predictor: Union[Predictor, PagePipeline], images: Sequen
             model; see :func:`as_pipeline`).
         images: from :func:`find_images`.
         out: the output root (the input tree is mirrored below it).
-        formats: names of :data:`maskdla.data.formats.FORMATS`.
-        batch_size: images per model batch.
-        workers: DataLoader worker processes decoding the images (0: in this process).
-        skip_existing: an image whose outputs all exist is not predicted again (files are
-            written atomically, so an existing file is a complete one).
-        overlay: also draw ``<mirrored>/overlay/STEM.jpg``.
+        settings: formats, batch size, workers, resuming, overlays, progress bar
+            (:class:`CollectionSettings`).
         coco: when a list, COCO results of every page are appended to it (image ids: the
             position in ``images`` from 1; a skipped page's are read back from its file in
-            the first of ``formats``); only detected regions, not those made for lines.
+            the first of ``settings.formats``); only detected regions, not those made for
+            lines.
 
     A page that fails (decoding, model, post-processing or writing) is recorded as failed
     with its one-line error and reported on stderr; the others go on. Temporary files of
@@ -298,77 +320,107 @@ def predict_collection(predictor: Union[Predictor, PagePipeline], images: Sequen
     if stale:
         print(f"maskdla: {out}: removed {stale} temporary file{'s' if stale > 1 else ''} an "
               "interrupted run left", file=sys.stderr)
-    records: List[Optional[PageRecord]] = [None] * len(images)
-    todo = []
-    for index, image in enumerate(images):
-        if skip_existing and _finished(image, out, formats, overlay):
-            records[index] = PageRecord(str(image.path), "skipped")
-            if coco is not None:
-                coco.extend(_coco_of_written(image.output(out, FORMATS[formats[0]].folder),
-                                             index + 1,
-                                             pipeline.classes))
-        else:
-            todo.append(index)
-    bar = tqdm(total=len(todo), unit="page", desc="predict", file=sys.stderr,
-               disable=not progress)
+    return _CollectionRun(pipeline, images, out, settings, coco).run()
 
-    def fail(index: int, error: str, seconds: float = 0.0) -> None:
-        records[index] = PageRecord(str(images[index].path), "failed", seconds=seconds,
-                                    error=error)
-        bar.write(f"maskdla: failed: {error}", file=sys.stderr)
 
-    loader = torch.utils.data.DataLoader(
-        PageImages([images[index].path for index in todo], *pipeline.sizes[0],
-                   more_sizes=pipeline.sizes[1:]),
-        batch_size=batch_size, num_workers=workers, collate_fn=collate_pages,
-        pin_memory=pipeline.device.type == "cuda", prefetch_factor=2 if workers else None)
-    pending: List[Tuple[int, LoadedPage, float, "concurrent.futures.Future"]] = []
+class _CollectionRun:
+    """One :func:`predict_collection`: the records so far, the progress bar and the pages
+    being post-processed."""
 
-    def finish(count: int) -> None:
+    def __init__(self, pipeline: PagePipeline, images: Sequence[InputImage], out: Path,
+                 settings: CollectionSettings, coco: Optional[List[dict]]):
+        self.pipeline, self.images, self.out = pipeline, images, out
+        self.settings, self.coco = settings, coco
+        self.records: List[Optional[PageRecord]] = [None] * len(images)
+        #: indices of the images to predict (the others were finished before)
+        self.todo = self._skip_finished()
+        self.bar = tqdm(total=len(self.todo), unit="page", desc="predict", file=sys.stderr,
+                        disable=not settings.progress)
+        self.pending: List[Tuple[int, LoadedPage, float, "concurrent.futures.Future"]] = []
+
+    def _skip_finished(self) -> List[int]:
+        """Record the images finished before as skipped (``skip_existing``), their COCO
+        results read back; the indices of the others."""
+        settings, todo = self.settings, []
+        for index, image in enumerate(self.images):
+            if settings.skip_existing and _finished(image, self.out, settings.formats,
+                                                    settings.overlay):
+                self.records[index] = PageRecord(str(image.path), "skipped")
+                if self.coco is not None:
+                    self.coco.extend(_coco_of_written(
+                        image.output(self.out, FORMATS[settings.formats[0]].folder),
+                        index + 1, self.pipeline.classes))
+            else:
+                todo.append(index)
+        return todo
+
+    def run(self) -> List[PageRecord]:
+        pipeline, settings, workers = self.pipeline, self.settings, self.settings.workers
+        loader = torch.utils.data.DataLoader(
+            PageImages([self.images[index].path for index in self.todo], *pipeline.sizes[0],
+                       more_sizes=pipeline.sizes[1:]),
+            batch_size=settings.batch_size, num_workers=workers, collate_fn=collate_pages,
+            pin_memory=pipeline.device.type == "cuda", prefetch_factor=2 if workers else None)
+        # post-processing runs in a thread while the model runs the next batch (a GPU would
+        # otherwise wait for it); one thread keeps the pages' files in order
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as post:
+            for batch in loader:
+                self._run_batch(post, batch)
+            self._finish(len(self.pending))
+        self.bar.close()
+        return [record for record in self.records if record is not None]
+
+    def _fail(self, index: int, error: str, seconds: float = 0.0) -> None:
+        self.records[index] = PageRecord(str(self.images[index].path), "failed",
+                                         seconds=seconds, error=error)
+        self.bar.write(f"maskdla: failed: {error}", file=sys.stderr)
+
+    def _run_batch(self, post: concurrent.futures.ThreadPoolExecutor,
+                   batch: List[LoadedPage]) -> None:
+        """Run the model on a batch's decoded pages and hand them to ``post``; collect the
+        pages of the batch before."""
+        todo, images = self.todo, self.images
+        for loaded in batch:
+            if loaded.error is not None:
+                self._fail(todo[loaded.index], loaded.error, loaded.seconds)
+                self.bar.update(1)
+        batch = [loaded for loaded in batch if loaded.error is None]
+        start = time.perf_counter()
+        try:
+            detections = self.pipeline.detect([loaded.views for loaded in batch])
+        except Exception as error:  # e.g. out of memory on a huge page: this batch only
+            for loaded in batch:
+                path = images[todo[loaded.index]].path
+                self._fail(todo[loaded.index], f"{path}: the model failed "
+                                               f"({type(error).__name__}: {error})"
+                                               .splitlines()[0])
+            self.bar.update(len(batch))
+            return
+        model_share = (time.perf_counter() - start) / max(len(batch), 1)
+        previous = len(self.pending)
+        for loaded, detection in zip(batch, detections):
+            index = todo[loaded.index]
+            self.pending.append((index, loaded, model_share, post.submit(
+                _post_process, self.pipeline, images[index], loaded, detection, self.out,
+                self.settings.formats, self.settings.overlay)))
+        self._finish(previous)
+
+    def _finish(self, count: int) -> None:
         """Collect the first ``count`` pages being post-processed, in order."""
-        for index, loaded, model_share, future in pending[:count]:
+        pipeline = self.pipeline
+        for index, loaded, model_share, future in self.pending[:count]:
             error, result, seconds = future.result()
             seconds += loaded.seconds + model_share
             if error is not None:
-                fail(index, error, seconds)
+                self._fail(index, error, seconds)
             else:
-                records[index] = _predicted_record(images[index], result, seconds,
-                                                   pipeline.lines is not None)
-                if coco is not None:
-                    coco.extend(page_to_coco_results(result.page, index + 1, pipeline.classes))
-            bar.update(1)
-        del pending[:count]
-
-    # post-processing runs in a thread while the model runs the next batch (a GPU would
-    # otherwise wait for it); one thread keeps the pages' files in order
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as post:
-        for batch in loader:
-            for loaded in batch:
-                if loaded.error is not None:
-                    fail(todo[loaded.index], loaded.error, loaded.seconds)
-                    bar.update(1)
-            batch = [loaded for loaded in batch if loaded.error is None]
-            start = time.perf_counter()
-            try:
-                detections = pipeline.detect([loaded.views for loaded in batch])
-            except Exception as error:  # e.g. out of memory on a huge page: this batch only
-                for loaded in batch:
-                    path = images[todo[loaded.index]].path
-                    fail(todo[loaded.index], f"{path}: the model failed "
-                                             f"({type(error).__name__}: {error})".splitlines()[0])
-                bar.update(len(batch))
-                continue
-            model_share = (time.perf_counter() - start) / max(len(batch), 1)
-            previous = len(pending)
-            for loaded, detection in zip(batch, detections):
-                index = todo[loaded.index]
-                pending.append((index, loaded, model_share, post.submit(
-                    _post_process, pipeline, images[index], loaded, detection, out, formats,
-                    overlay)))
-            finish(previous)
-        finish(len(pending))
-    bar.close()
-    return [record for record in records if record is not None]
+                self.records[index] = _predicted_record(self.images[index], result, seconds,
+                                                        pipeline.lines is not None)
+                if self.coco is not None:
+                    self.coco.extend(page_to_coco_results(result.page, index + 1,
+                                                          pipeline.classes))
+            self.bar.update(1)
+        del self.pending[:count]
 
 
 def _post_process(pipeline: PagePipeline, image: InputImage, loaded: LoadedPage,

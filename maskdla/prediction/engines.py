@@ -28,6 +28,7 @@ import torch
 from maskdla.checkpoint import checkpoint_config, load_model
 from maskdla.errors import InputError
 from maskdla.inference import raw_detections, scale_boxes, test_size
+from maskdla.prediction.vectorize import PostProcess
 
 __all__ = ["ENGINES", "METADATA_KEY", "EngineOptions", "TorchEngine", "OnnxRuntimeEngine"]
 
@@ -53,7 +54,7 @@ class EngineOptions:
     """
 
     device: torch.device = torch.device("cpu")
-    score_thresh: float = 0.5
+    score_thresh: float = PostProcess.score_thresh
     max_detections: Optional[int] = None
     amp: bool = False
     threads: Optional[int] = None

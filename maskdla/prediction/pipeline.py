@@ -68,7 +68,8 @@ class PagePipeline:
     Args:
         regions: the region model (None: lines alone, each in a made region).
         lines: the line model (None: regions alone, as ``regions.predict`` gives them).
-            Its score threshold, mask threshold and simplification are its Predictor's.
+            Its score threshold, mask threshold and simplification are its Predictor's
+            (``postprocess``).
         baseline_position: where the baseline lies in a line polygon, as the fraction of
             its height above its lower edge
             (:data:`~maskdla.prediction.baselines.BASELINE_POSITION`).
@@ -143,13 +144,11 @@ class PagePipeline:
         if self.lines is None:
             return PredictedPage(page, {}, 0)
         found = detections["lines"]
-        options = self.lines.options
         boxes = scale_boxes(found.detection["boxes"], found.input_size, original_size)
         lines, dropped = lines_from_detections(
             boxes, found.detection["labels"], found.detection["scores"],
             found.detection["masks"], self.lines.classes, original_size,
-            score_thresh=options["score_thresh"], mask_thresh=options["mask_thresh"],
-            baseline_position=self.baseline_position, tolerance=options["tolerance"])
+            postprocess=self.lines.postprocess, baseline_position=self.baseline_position)
         placed = place_lines(page, lines, orphan_label=self.orphan_label, dropped=dropped)
         return PredictedPage(placed.page, placed.dropped, placed.generated)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,11 +34,11 @@ from maskdla.errors import InputError
 from maskdla.inference import resolve_device, scale_boxes
 from maskdla.prediction.engines import ENGINES, EngineOptions
 from maskdla.prediction.order import layout_reading_order
-from maskdla.prediction.vectorize import (as_numpy, merge_overlaps, scored_mask_polygons,
-                                         snap_to_pixels)
+from maskdla.prediction.vectorize import (PostProcess, as_numpy, merge_overlaps,
+                                         scored_mask_polygons, snap_to_pixels)
 
-__all__ = ["Predictor", "detections_to_page", "page_to_coco_results", "load_image",
-           "IMAGE_SUFFIXES"]
+__all__ = ["Predictor", "PostProcess", "detections_to_page", "page_to_coco_results",
+           "load_image", "IMAGE_SUFFIXES"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: what :meth:`Predictor.predict` takes: a file, a PIL image or a CHW tensor
@@ -56,10 +56,8 @@ REGION_KIND = "TextRegion"
 
 def detections_to_page(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
                        classes: Sequence[str], image_size: Tuple[int, int],
-                       image_filename: str = "", *, score_thresh: float = 0.5,
-                       mask_thresh: float = 0.5, overlap_thresh: float = 0.5,
-                       no_merge_classes: Iterable[str] = (), tolerance: float = 1.0,
-                       min_area: float = 0.0, largest_only: bool = False) -> Page:
+                       image_filename: str = "", *,
+                       postprocess: PostProcess = PostProcess()) -> Page:
     """One image's detections -> a :class:`Page` of regions in reading order.
 
     Args:
@@ -70,11 +68,12 @@ def detections_to_page(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
         classes: class names without background.
         image_size: (height, width) of the original image.
         image_filename: written as the PAGE ``imageFilename``.
-        score_thresh: detections scoring below are dropped.
-        mask_thresh: mask probability from which a pixel belongs to the region.
-        overlap_thresh, no_merge_classes: see :func:`maskdla.prediction.vectorize.merge_overlaps`.
-        tolerance, min_area, largest_only: see
-            :func:`maskdla.prediction.vectorize.instance_masks_to_polygons`.
+        postprocess: the thresholds, merging and simplification
+            (:class:`~maskdla.prediction.vectorize.PostProcess`; its fields
+            ``overlap_thresh``, ``no_merge_classes``: see
+            :func:`maskdla.prediction.vectorize.merge_overlaps`; ``tolerance``,
+            ``min_area``, ``largest_only``: see
+            :func:`maskdla.prediction.vectorize.instance_masks_to_polygons`).
 
     Returns:
         The page; region ids ``r1, r2, ...`` in reading order
@@ -85,9 +84,7 @@ def detections_to_page(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
     """
     scores = np.asarray(as_numpy(scores), dtype=np.float64).reshape(-1)
     labels = np.asarray(as_numpy(labels), dtype=np.int64).reshape(-1)
-    keep, components = scored_mask_polygons(
-        boxes, scores, mask_probs, image_size, score_thresh=score_thresh, level=mask_thresh,
-        tolerance=tolerance, min_area=min_area, largest_only=largest_only)
+    keep, components = scored_mask_polygons(boxes, scores, mask_probs, image_size, postprocess)
     height, width = int(image_size[0]), int(image_size[1])
     polygons, names, region_scores = [], [], []
     for detection, parts in zip(keep.tolist(), components):
@@ -95,8 +92,9 @@ def detections_to_page(boxes: Any, labels: Any, scores: Any, mask_probs: Any,
             polygons.append(polygon)
             names.append(classes[labels[detection] - 1])
             region_scores.append(float(scores[detection]))
-    merged = merge_overlaps(polygons, names, region_scores, overlap_thresh=overlap_thresh,
-                            exempt=no_merge_classes)
+    merged = merge_overlaps(polygons, names, region_scores,
+                            overlap_thresh=postprocess.overlap_thresh,
+                            exempt=postprocess.no_merge_classes)
     # PAGE stores integer points: snap here, so the Page is exactly what the file holds
     snapped = snap_to_pixels([polygon for polygon, _, _ in merged], (height, width))
     merged = [(polygon, label, score) for polygon, (_, label, score) in zip(snapped, merged)
@@ -154,40 +152,37 @@ class Predictor:
         checkpoint: a checkpoint file or a loaded checkpoint dict
             (:func:`maskdla.checkpoint.load_model`).
         device: torch device; default CUDA when available, else CPU.
-        score_thresh: detections scoring below are dropped (also the model's own box
-            score threshold, so that 0 keeps everything).
-        overlap_thresh: regions overlapping more (intersection over the smaller area) are
-            merged, the higher-scoring class wins; >= 1 disables merging.
-        no_merge_classes: classes never merged (e.g. ``["drop-capital"]``).
-        tolerance: polygon simplification tolerance in pixels (0 keeps every vertex).
-        min_area: components of at most this many square pixels are dropped.
-        largest_only: one region per detection, its largest connected component.
-        mask_thresh: mask probability from which a pixel belongs to a region.
+        postprocess: how detections become regions
+            (:class:`~maskdla.prediction.vectorize.PostProcess`: score, mask and overlap
+            thresholds, classes never merged, simplification, smallest area, largest
+            component only); its ``score_thresh`` is also the model's own box score
+            threshold, so that 0 keeps everything.
         max_detections: at most this many detections per image (default: the model's,
             torchvision's 100).
         amp: autocast for the backbone and RPN (float16 on CUDA, bfloat16 on the CPU;
-            the RoI heads stay float32); default on for CUDA, off otherwise.
+            the RoI heads stay float32); default on for CUDA, off otherwise. On a CPU
+            without bfloat16 kernels (:func:`maskdla.inference.cpu_supports_bf16`) bf16
+            is emulated, and slower than float32.
         engine: a row of :data:`maskdla.prediction.engines.ENGINES`: ``torch`` (a
             checkpoint) or ``onnxruntime`` (``checkpoint`` is then a model exported by
             ``python -m maskdla.export``, which carries the classes and sizes).
         threads: onnxruntime's intra-op threads (default: its own, all cores).
 
     Raises:
-        InputError: an unusable checkpoint, device, engine or class name.
+        InputError: an unusable checkpoint, device, engine or class name, or a threshold
+            outside [0, 1].
     """
 
     def __init__(self, checkpoint: Union[PathLike, Dict[str, Any]],
-                 device: Optional[Union[str, torch.device]] = None, score_thresh: float = 0.5,
-                 overlap_thresh: float = 0.5, no_merge_classes: Sequence[str] = (),
-                 tolerance: float = 1.0, min_area: float = 0.0, largest_only: bool = False,
-                 mask_thresh: float = 0.5, max_detections: Optional[int] = None,
-                 amp: Optional[bool] = None, engine: str = "torch",
-                 threads: Optional[int] = None):
+                 device: Optional[Union[str, torch.device]] = None, *,
+                 postprocess: PostProcess = PostProcess(),
+                 max_detections: Optional[int] = None, amp: Optional[bool] = None,
+                 engine: str = "torch", threads: Optional[int] = None):
         if device is None and engine != "torch":
             device = "cpu"  # the exported engines run on the CPU
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        for name, value in (("score_thresh", score_thresh), ("overlap_thresh", overlap_thresh),
-                            ("mask_thresh", mask_thresh)):
+        for name in ("score_thresh", "overlap_thresh", "mask_thresh"):
+            value = getattr(postprocess, name)
             if not 0 <= value <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {value}")
         if max_detections is not None and max_detections < 1:
@@ -196,21 +191,19 @@ class Predictor:
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
         self.engine = ENGINES[engine](checkpoint, EngineOptions(
-            device=self.device, score_thresh=score_thresh, max_detections=max_detections,
-            amp=self.amp, threads=threads))
+            device=self.device, score_thresh=postprocess.score_thresh,
+            max_detections=max_detections, amp=self.amp, threads=threads))
         #: the PyTorch model (None for an exported one)
         self.model = getattr(self.engine, "model", None)
         self.checkpoint = self.engine.checkpoint
         self.classes: List[str] = list(self.engine.classes)
         self.min_size, self.max_size = self.engine.min_size, self.engine.max_size
-        unknown = [name for name in no_merge_classes if name not in self.classes]
+        unknown = [name for name in postprocess.no_merge_classes if name not in self.classes]
         if unknown:
             raise InputError(f"unknown class(es) {', '.join(unknown)} to exempt from merging; "
                              f"the model's classes are {', '.join(self.classes)}")
-        self.options = dict(score_thresh=score_thresh, mask_thresh=mask_thresh,
-                            overlap_thresh=overlap_thresh,
-                            no_merge_classes=tuple(no_merge_classes), tolerance=tolerance,
-                            min_area=min_area, largest_only=largest_only)
+        #: how :meth:`to_page` turns detections into regions
+        self.postprocess = postprocess
 
     def load(self, image: ImageInput) -> Tuple[torch.Tensor, Tuple[int, int], str]:
         """An input image at the model's size.
@@ -263,7 +256,8 @@ class Predictor:
         boxes = scale_boxes(detection["boxes"], input_size, original_size)
         return detections_to_page(boxes, detection["labels"],
                                   detection["scores"], detection["masks"], self.classes,
-                                  original_size, image_filename, **self.options)
+                                  original_size, image_filename,
+                                  postprocess=self.postprocess)
 
     def predict(self, image: ImageInput) -> Page:
         """One image (file, PIL image or Float/UInt8[3, H, W] tensor) -> its Page."""

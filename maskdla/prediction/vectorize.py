@@ -24,6 +24,7 @@ mask is part of that filled area and not a region of its own).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,6 +32,7 @@ import shapely
 from shapely.geometry import Polygon
 
 __all__ = [
+    "PostProcess",
     "Contours",
     "as_numpy",
     "scored_mask_polygons",
@@ -42,6 +44,40 @@ __all__ = [
     "snap_to_pixels",
     "reading_order",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class PostProcess:
+    """How a model's detections become regions: the settings of prediction's
+    post-processing, each default here (:class:`maskdla.prediction.Predictor`,
+    :func:`maskdla.prediction.detections_to_page`, the line model's
+    :func:`maskdla.prediction.baselines.lines_from_detections` and the command line's
+    flags take them from this class).
+
+    Attributes:
+        score_thresh: detections scoring below are dropped.
+        mask_thresh: mask probability from which a pixel belongs to a region.
+        overlap_thresh: regions overlapping more (intersection over the smaller area) are
+            merged, the higher-scoring class wins; >= 1 disables merging
+            (:func:`merge_overlaps`).
+        no_merge_classes: classes never merged (e.g. ``("drop-capital",)``; any iterable
+            of names, kept as a tuple).
+        tolerance: polygon simplification tolerance in pixels (0 keeps every vertex).
+        min_area: components of at most this many square pixels are dropped.
+        largest_only: one region per detection, its largest connected component.
+    """
+
+    score_thresh: float = 0.5
+    mask_thresh: float = 0.5
+    overlap_thresh: float = 0.5
+    no_merge_classes: Tuple[str, ...] = ()
+    tolerance: float = 1.0
+    min_area: float = 0.0
+    largest_only: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "no_merge_classes", tuple(self.no_merge_classes))
+
 
 # --------------------------------------------------------------------------------------
 # Marching squares
@@ -139,7 +175,47 @@ def trace_contours(grids: np.ndarray, level: float = 0.5, pixel_corners: bool = 
     grids = np.asarray(grids, dtype=np.float32)
     if grids.ndim != 3:
         raise ValueError(f"grids must be [N, H, W], got shape {grids.shape}")
-    count, height, width = grids.shape
+    segments = _cell_segments(grids, level)
+    start_id = _edge_ids(segments, segments.start_edge, grids.shape)
+    end_id = _edge_ids(segments, segments.end_edge, grids.shape)
+    points = _crossing_points(grids, level, segments)
+    # successor[i] = the segment that starts where segment i ends
+    order = np.argsort(start_id, kind="stable")
+    successor = order[np.searchsorted(start_id, end_id, sorter=order)]
+    # walking from the top-left start point of each ring makes that its first vertex:
+    # simplification keeps a ring's first vertex, which should be a corner, not the
+    # middle of a straight run
+    top_left_first = np.lexsort((points[:, 0], points[:, 1]))
+    visit, ring_of_visit = _cycles(successor, top_left_first)
+    if pixel_corners:
+        coords, ring_index = _with_pixel_corners(segments, points, visit, ring_of_visit)
+    else:
+        coords = points[visit]
+        ring_index = ring_of_visit
+    ring_count = int(ring_index[-1]) + 1 if ring_index.size else 0
+    signed_area = _signed_areas(coords, ring_index, ring_count)
+    grid_index = np.zeros(ring_count, dtype=np.int64)
+    grid_index[ring_of_visit] = segments.grid[visit]
+    return Contours(coords, ring_index, grid_index, signed_area)
+
+
+class _Segments(NamedTuple):
+    """The oriented contour segments of a batch of grids, one row per segment (a saddle
+    cell's two segments are two rows): the grid, row and column of the segment's cell,
+    the cell's case (index into the segment tables) and the edges the segment starts
+    and ends on."""
+
+    grid: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    case: np.ndarray
+    start_edge: np.ndarray
+    end_edge: np.ndarray
+
+
+def _cell_segments(grids: np.ndarray, level: float) -> _Segments:
+    """The segments of every cell the ``level`` contour crosses (saddles split by the
+    cell's mean)."""
     inside = grids >= level
     cell_case = (inside[:, :-1, :-1].astype(np.int64) | inside[:, :-1, 1:] << 1
                  | inside[:, 1:, 1:] << 2 | inside[:, 1:, :-1] << 3)
@@ -156,59 +232,56 @@ def trace_contours(grids: np.ndarray, level: float = 0.5, pixel_corners: bool = 
     seg_cell = np.concatenate([np.arange(case.size), np.nonzero(second)[0]])
     seg_slot = np.concatenate([np.zeros(case.size, np.int64), np.ones(second.sum(), np.int64)])
     seg_case = case[seg_cell]
-    n_seg, r_seg, c_seg = n_idx[seg_cell], r_idx[seg_cell], c_idx[seg_cell]
-    start_edge = _SEGMENT_START[seg_case, seg_slot]
-    end_edge = _SEGMENT_END[seg_case, seg_slot]
+    return _Segments(n_idx[seg_cell], r_idx[seg_cell], c_idx[seg_cell], seg_case,
+                     _SEGMENT_START[seg_case, seg_slot], _SEGMENT_END[seg_case, seg_slot])
 
-    def edge_id(edge: np.ndarray) -> np.ndarray:
-        # horizontal edges (n, r, c)-(n, r, c+1) first, then vertical (n, r, c)-(n, r+1, c)
-        row = r_seg + (edge == _B)
-        col = c_seg + (edge == _R)
-        horizontal = (edge == _T) | (edge == _B)
-        h_id = (n_seg * height + row) * (width - 1) + col
-        v_id = count * height * (width - 1) + (n_seg * (height - 1) + row) * width + col
-        return np.where(horizontal, h_id, v_id)
 
-    start_id, end_id = edge_id(start_edge), edge_id(end_edge)
-    # crossing point of each segment's start edge, linear along the edge
+def _edge_ids(segments: _Segments, edge: np.ndarray, shape: Tuple[int, int, int]
+              ) -> np.ndarray:
+    """A number for each segment's ``edge`` (one of its cell's T, R, B, L), the same for
+    the cells on either side of the edge."""
+    count, height, width = shape
+    # horizontal edges (n, r, c)-(n, r, c+1) first, then vertical (n, r, c)-(n, r+1, c)
+    row = segments.row + (edge == _B)
+    col = segments.col + (edge == _R)
+    horizontal = (edge == _T) | (edge == _B)
+    h_id = (segments.grid * height + row) * (width - 1) + col
+    v_id = count * height * (width - 1) + (segments.grid * (height - 1) + row) * width + col
+    return np.where(horizontal, h_id, v_id)
+
+
+def _crossing_points(grids: np.ndarray, level: float, segments: _Segments) -> np.ndarray:
+    """Float[S, 2] (x, y): where each segment's start edge crosses ``level``, linear along
+    the edge."""
+    start_edge = segments.start_edge
     horizontal = (start_edge == _T) | (start_edge == _B)
-    row_a = r_seg + (start_edge == _B)
-    col_a = c_seg + (start_edge == _R)
-    value_a = grids[n_seg, row_a, col_a]
-    value_b = grids[n_seg, row_a + ~horizontal, col_a + horizontal]
+    row_a = segments.row + (start_edge == _B)
+    col_a = segments.col + (start_edge == _R)
+    value_a = grids[segments.grid, row_a, col_a]
+    value_b = grids[segments.grid, row_a + ~horizontal, col_a + horizontal]
     # kept off the grid nodes so that no two crossing points coincide (a node exactly at
     # the level would make rings touch there)
     t = np.clip((level - value_a) / (value_b - value_a), 1e-3, 1 - 1e-3)
-    points = np.stack([col_a + t * horizontal, row_a + t * ~horizontal], axis=1)
+    return np.stack([col_a + t * horizontal, row_a + t * ~horizontal], axis=1)
 
-    # successor[i] = the segment that starts where segment i ends
-    order = np.argsort(start_id, kind="stable")
-    successor = order[np.searchsorted(start_id, end_id, sorter=order)]
-    # walking from the top-left start point of each ring makes that its first vertex:
-    # simplification keeps a ring's first vertex, which should be a corner, not the
-    # middle of a straight run
-    top_left_first = np.lexsort((points[:, 0], points[:, 1]))
-    visit, ring_of_visit = _cycles(successor, top_left_first)
-    if pixel_corners:
-        opposite = (start_edge + 2) % 4 == end_edge
-        corner = ~opposite & (seg_case != 5) & (seg_case != 10) & (seg_case < 16)
-        # each segment contributes its start and, when it cuts a corner, the pixel corner
-        per_segment = 1 + corner[visit]
-        vertex_segment = np.repeat(visit, per_segment)
-        ring_index = np.repeat(ring_of_visit, per_segment)
-        is_centre = np.ones(vertex_segment.size, dtype=bool)
-        is_centre[np.cumsum(per_segment) - per_segment] = False
-        centres = np.stack([c_seg + 0.5, r_seg + 0.5], axis=1)
-        coords = np.where(is_centre[:, None], centres[vertex_segment], points[vertex_segment])
-        coords = _rotate_to_top_left(coords, ring_index)
-    else:
-        coords = points[visit]
-        ring_index = ring_of_visit
-    ring_count = int(ring_index[-1]) + 1 if ring_index.size else 0
-    signed_area = _signed_areas(coords, ring_index, ring_count)
-    grid_index = np.zeros(ring_count, dtype=np.int64)
-    grid_index[ring_of_visit] = n_seg[visit]
-    return Contours(coords, ring_index, grid_index, signed_area)
+
+def _with_pixel_corners(segments: _Segments, points: np.ndarray, visit: np.ndarray,
+                        ring_of_visit: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(coords, ring_index) of the rings walked in ``visit`` order, each corner-cutting
+    segment followed by its cell's centre (a pixel corner); each ring rotated to start at
+    its top-left vertex."""
+    seg_case = segments.case
+    opposite = (segments.start_edge + 2) % 4 == segments.end_edge
+    corner = ~opposite & (seg_case != 5) & (seg_case != 10) & (seg_case < 16)
+    # each segment contributes its start and, when it cuts a corner, the pixel corner
+    per_segment = 1 + corner[visit]
+    vertex_segment = np.repeat(visit, per_segment)
+    ring_index = np.repeat(ring_of_visit, per_segment)
+    is_centre = np.ones(vertex_segment.size, dtype=bool)
+    is_centre[np.cumsum(per_segment) - per_segment] = False
+    centres = np.stack([segments.col + 0.5, segments.row + 0.5], axis=1)
+    coords = np.where(is_centre[:, None], centres[vertex_segment], points[vertex_segment])
+    return _rotate_to_top_left(coords, ring_index), ring_index
 
 
 def _cycles(successor: np.ndarray, priority: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -371,8 +444,10 @@ def _nested_in_same_owner(polygons: np.ndarray, owner: np.ndarray, first_vertex:
     return nested
 
 
-def mask_to_polygons(mask, *, tolerance: float = 1.0, min_area: float = 0.0,
-                     largest_only: bool = False, clip: bool = True) -> List[Polygon]:
+def mask_to_polygons(mask, *, tolerance: float = PostProcess.tolerance,
+                     min_area: float = PostProcess.min_area,
+                     largest_only: bool = PostProcess.largest_only, clip: bool = True
+                     ) -> List[Polygon]:
     """Polygons around the connected components of one binary mask.
 
     Args:
@@ -419,33 +494,37 @@ def as_numpy(value: Any) -> np.ndarray:
 
 
 def scored_mask_polygons(boxes: Any, scores: np.ndarray, mask_probs: Any,
-                         image_size: Tuple[int, int], *, score_thresh: float, level: float,
-                         tolerance: float, min_area: float = 0.0, largest_only: bool = False
+                         image_size: Tuple[int, int], settings: PostProcess
                          ) -> Tuple[np.ndarray, List[List[Polygon]]]:
-    """The detections scoring at least ``score_thresh`` and their masks' polygons: the
-    first step from a model's raw detections to regions or to text lines.
+    """The detections scoring at least ``settings.score_thresh`` and their masks' polygons:
+    the first step from a model's raw detections to regions or to text lines.
 
     Args:
         boxes: Float[N, 4] xyxy in original image pixels (tensor or array).
         scores: Float[N] as a numpy array.
         mask_probs: Float[N, 1, M, M] or [N, M, M] probabilities (tensor or array).
-        image_size, level, tolerance, min_area, largest_only: as in
-            :func:`instance_masks_to_polygons`.
+        image_size: as in :func:`instance_masks_to_polygons`.
+        settings: ``score_thresh``, ``mask_thresh`` (the ``level`` of
+            :func:`instance_masks_to_polygons`), ``tolerance``, ``min_area`` and
+            ``largest_only`` (the rest is for merging).
 
     Returns:
         ``(kept, components)``: Int64[K] indices of the kept detections, and for each its
         connected components (:func:`instance_masks_to_polygons`).
     """
-    kept = np.nonzero(scores >= score_thresh)[0]
+    kept = np.nonzero(scores >= settings.score_thresh)[0]
     height, width = int(image_size[0]), int(image_size[1])
     return kept, instance_masks_to_polygons(
-        as_numpy(mask_probs)[kept], as_numpy(boxes)[kept], (height, width), level=level,
-        tolerance=tolerance, min_area=min_area, largest_only=largest_only)
+        as_numpy(mask_probs)[kept], as_numpy(boxes)[kept], (height, width),
+        level=settings.mask_thresh, tolerance=settings.tolerance,
+        min_area=settings.min_area, largest_only=settings.largest_only)
 
 
 def instance_masks_to_polygons(mask_probs, boxes, image_size: Tuple[int, int], *,
-                               level: float = 0.5, tolerance: float = 1.0,
-                               min_area: float = 0.0, largest_only: bool = False
+                               level: float = PostProcess.mask_thresh,
+                               tolerance: float = PostProcess.tolerance,
+                               min_area: float = PostProcess.min_area,
+                               largest_only: bool = PostProcess.largest_only
                                ) -> List[List[Polygon]]:
     """Polygons of detections given as box + low-resolution mask probabilities.
 
@@ -504,7 +583,8 @@ def overlap_ratio(first: Polygon, second: Polygon) -> float:
 
 
 def merge_overlaps(polygons: Sequence[Polygon], labels: Sequence[str], scores: Sequence[float],
-                   *, overlap_thresh: float = 0.5, exempt: Iterable[str] = ()
+                   *, overlap_thresh: float = PostProcess.overlap_thresh,
+                   exempt: Iterable[str] = PostProcess.no_merge_classes
                    ) -> List[Tuple[Polygon, str, float]]:
     """Merge regions whose overlap ratio is above ``overlap_thresh``.
 
