@@ -8,6 +8,7 @@ import sys
 import warnings
 from typing import Callable, Optional, Sequence
 
+from maskdla.allocator import keep_freed_memory
 from maskdla.errors import InputError
 
 #: Exit code for bad input (files, flags): argparse uses 2 for bad flags, we match it.
@@ -24,8 +25,11 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]],
     :class:`InputError` becomes one line ``maskdla: error: ...`` on stderr and exit code 2,
     Ctrl-C exit code 130, a closed pipe on stdout 141; none prints a traceback. Anything else is a bug and keeps its
     traceback. The libraries' warnings about the input (:func:`quiet_library_warnings`)
-    are not shown: maskdla says what it did with such input in its own words.
+    are not shown: maskdla says what it did with such input in its own words. First,
+    glibc's malloc is told to keep freed memory (:func:`maskdla.allocator.keep_freed_memory`;
+    ``MASKDLA_MALLOC=default`` leaves it alone).
     """
+    keep_freed_memory()
     try:
         with warnings.catch_warnings():
             quiet_library_warnings()

@@ -103,3 +103,51 @@ def test_a_diverging_benchmark_is_one_line_not_a_traceback(tmp_path, monkeypatch
     assert error[-1].startswith("maskdla: bench train stopped: the loss became NaN or infinite")
     assert not any("Traceback" in line for line in error)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # 10-20 s on the shared 2-core CPU
+def test_profile_attributes_every_part_forward_and_backward(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    trace = tmp_path / "trace.json"
+    assert main(["profile", "--size", "64x96", "--batch-size", "1", "--steps", "2", "--warmup",
+                 "1", "--workers", "0", "--rois-per-image", "16", "--device", "cpu",
+                 "--trace", str(trace), "--json"]) == 0
+    output = capsys.readouterr().out
+    figures = json.loads(output.strip().splitlines()[-1])
+    parts = figures["parts_ms"]
+    # every convolutional part has both directions: its backward operators were matched to
+    # it through their autograd sequence numbers
+    for part in ("backbone body", "FPN", "RPN head (convs)", "box head (2 FC)",
+                 "mask head (convs)", "mask predictor (deconv)"):
+        assert parts[part]["forward"] > 0 and parts[part]["backward"] > 0, part
+    # RoIAlign's backward scatters into the FPN maps: it belongs to the pools, not the losses
+    assert parts["box RoIAlign"]["backward"] > parts["RoI sampling, box and mask losses"]["backward"]
+    unowned = parts["no part (loss sum, gradient accumulation)"]
+    total = sum(part["forward"] + part["backward"] for part in parts.values())
+    assert math.isclose(total, figures["step_ms"], rel_tol=0.05)
+    assert unowned["forward"] + unowned["backward"] < 0.2 * figures["step_ms"]
+    assert 0 < figures["memory_operator_percent"] < 100
+    assert figures["plain_seconds_per_step"] > 0 and figures["profiled_seconds_per_step"] > 0
+    assert "aten::convolution_backward" in figures["top_operators_ms"]
+    assert json.loads(trace.read_text())["traceEvents"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["trace.json"]
+
+
+@pytest.mark.slow  # 10-20 s on the shared 2-core CPU
+def test_a_config_variant_builds_its_own_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    built = []
+    import maskdla.bench.train as bench_train
+    original = bench_train.build_model_from_config
+
+    def spy(config, *args, **kwargs):
+        built.append(config.fpn_channels)
+        return original(config, *args, **kwargs)
+
+    monkeypatch.setattr(bench_train, "build_model_from_config", spy)
+    assert main(["train", "--size", "64x96", "--batch-size", "1", "--steps", "1", "--warmup", "1",
+                 "--repeats", "1", "--workers", "0", "--rois-per-image", "16", "--device", "cpu",
+                 "--variant", "fpn-64", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["variant"] == "fpn-64" and math.isfinite(figures["variant_speedup_percent"])
+    assert 64 in built and None in built  # the variant's model, and bare's and the others'

@@ -281,7 +281,8 @@ def test_htromance_file_forms():
         assert config.batch_size == 2
     cpu = TrainConfig.from_dict(experiments["cpu_vovnet19slim"].config)
     assert (cpu.device, cpu.backbone, cpu.epochs, cpu.lr, cpu.rois_per_image) == (
-        "cpu", "vovnet19slim", 5, 0.02, 128)
+        "cpu", "vovnet19slim", 10, 0.02, 128)
+    assert (cpu.amp, cpu.fpn_channels) == ("bf16", 96)  # issue 26: 2x the images per CPU-s
     assert (cpu.min_size, cpu.max_size, cpu.pretrained) == ([384, 448, 512, 576, 640], 960, None)
     for name, backbone in (("gpu_resnet50", "resnet50"), ("gpu_vovnet39", "vovnet39")):
         gpu = TrainConfig.from_dict(experiments[name].config)

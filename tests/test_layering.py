@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "maskdla"
 #: (``maskdla.data`` is every module of the data package); the most specific name places a
 #: module. Keep it and the document's list in step.
 LAYERS: List[Tuple[str, ...]] = [
-    ("maskdla.errors", "maskdla.cli", "maskdla.files"),
+    ("maskdla.errors", "maskdla.cli", "maskdla.files", "maskdla.allocator"),
     ("maskdla.distributed", "maskdla.schedule", "maskdla.energy"),
     ("maskdla.tables",),
     # data/formats.py, data/archives.py and the rest of the data package; the data CLIs

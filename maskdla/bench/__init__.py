@@ -20,6 +20,7 @@ BENCHMARKS = {
     "predict": "maskdla.bench.predict",
     "predict-pages": "maskdla.bench.predict_pages",
     "train": "maskdla.bench.train",
+    "profile": "maskdla.bench.profile",
     "energy": "maskdla.bench.energy",
     "layout": "maskdla.bench.layout",
 }

@@ -43,7 +43,7 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -77,6 +77,8 @@ class Variant:
     cudnn_benchmark: bool = False
     #: mixed precision of the variant's step in place of the run's (``--amp``)
     amp: Optional[str] = None
+    #: TrainConfig fields the variant's model is built with (a lighter head, fewer RoIs)
+    config_changes: Tuple[Tuple[str, Any], ...] = ()
 
 
 #: the changes issue 9 asks to keep only where a measured number says so
@@ -91,6 +93,12 @@ VARIANTS: Dict[str, Variant] = {
                                "repeat)", cudnn_benchmark=True),
     "bf16": Variant("the step under torch.autocast(bfloat16) (CPUs with AVX-512 BF16 or AMX, "
                     "CUDA cards with bf16)", amp="bf16"),
+    "fpn-96": Variant("FPN 96 wide (the RPN, box and mask heads follow it)",
+                      config_changes=(("fpn_channels", 96),)),
+    "fpn-64": Variant("FPN 64 wide (the RPN, box and mask heads follow it)",
+                      config_changes=(("fpn_channels", 64),)),
+    "rois-64": Variant("64 RoIs per image for the box head's loss",
+                       config_changes=(("rois_per_image", 64),)),
 }
 
 
@@ -105,7 +113,8 @@ def parse_size(text: str) -> Tuple[int, int]:
     return first, second
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which training step runs (also ``bench profile``'s)."""
     parser.add_argument("--backbone", default="vovnet19slim", help="backbone name (default vovnet19slim)")
     parser.add_argument("--batch-size", type=positive_int, default=2, help="images per step (default 2)")
     parser.add_argument("--size", type=parse_size, default=(256, 384),
@@ -116,8 +125,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per loop and repeat (default 10)")
     parser.add_argument("--warmup", type=positive_int, default=2,
                         help="untimed steps before them (default 2; more with compile-backbone)")
-    parser.add_argument("--repeats", type=positive_int, default=3,
-                        help="interleaved repeats of ours and bare; medians are reported (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr,
@@ -129,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "2700 gives the study's scans and makes the loader work harder)")
     parser.add_argument("--threads", type=positive_int,
                         help="torch threads of this process (default: torch's default)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_step_arguments(parser)
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="interleaved repeats of ours and bare; medians are reported (default 3)")
     parser.add_argument("--variant", choices=VARIANTS, default="none",
                         help="also time the bare step with this change, interleaved, against "
                              "bare: " + "; ".join(f"{name}: {variant.description}"
@@ -393,14 +406,25 @@ def _release() -> None:
 # run
 # --------------------------------------------------------------------------------------------
 
-def _check(args: argparse.Namespace) -> None:
+def check_arguments(args: argparse.Namespace) -> None:
     if args.workers < 0:
         raise InputError(f"--workers must be 0 or more, got {args.workers}")
     TrainConfig(backbone=args.backbone).validate()
 
 
+def step_config(args: argparse.Namespace, corpus: Path, out: Path, device: torch.device,
+                amp: str, iterations: int) -> TrainConfig:
+    """The run whose step the benchmark times: ``args``' settings on ``corpus``, stopped
+    after ``iterations``."""
+    return TrainConfig(
+        backbone=args.backbone, data=str(corpus), epochs=2, batch_size=args.batch_size,
+        lr=args.lr, min_size=[min(args.size)], max_size=max(args.size),
+        rois_per_image=args.rois_per_image, amp=amp, workers=args.workers, seed=0,
+        out=str(out), energy=False, device=str(device), stop_after_iterations=iterations)
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
-    _check(args)
+    check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = training.resolve_device(args.device)
@@ -416,12 +440,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                  seed=0, width=page_width)
 
         def config(repeat: int) -> TrainConfig:
-            return TrainConfig(
-                backbone=args.backbone, data=str(corpus), epochs=2, batch_size=args.batch_size,
-                lr=args.lr,
-                min_size=[short], max_size=long, rois_per_image=args.rois_per_image, amp=amp,
-                workers=args.workers, seed=0, out=str(Path(temporary) / f"run{repeat}"),
-                energy=False, device=str(device), stop_after_iterations=iterations)
+            return step_config(args, corpus, Path(temporary) / f"run{repeat}", device, amp,
+                               iterations)
 
         results: Dict[str, List[LoopResult]] = {"ours": [], "bare": []}
         if args.variant != "none":
@@ -434,7 +454,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     result = run_ours(config(repeat), device, args.warmup, args.steps)
                 else:
                     variant = VARIANTS[loop if loop != "bare" else "none"]
-                    model, loader = rebuild(config(0), device)
+                    model, loader = rebuild(replace(config(0), **dict(variant.config_changes)),
+                                            device)
                     model = apply_variant(model, variant)
                     with cudnn_benchmark(variant.cudnn_benchmark):
                         result = run_bare(model, loader(), config(repeat), device,
@@ -482,7 +503,6 @@ def report(args: argparse.Namespace, results: Dict[str, List[LoopResult]],
     cpu_overhead = 100 * (statistics.median(cpu_ratios) - 1)
     wait_shares = [100 * result.wait_seconds / result.seconds for result in results["ours"]]
     bare_wait_shares = [100 * result.wait_seconds / result.seconds for result in results["bare"]]
-    step_sum = sum(phases.values())
     losses_ours, losses_bare = results["ours"][0].losses, results["bare"][0].losses
     same_first_losses = bool(torch.allclose(losses_ours[0], losses_bare[0], rtol=1e-3, atol=1e-5))
     loss_difference = max_relative_difference(losses_ours, losses_bare)
@@ -506,13 +526,7 @@ def report(args: argparse.Namespace, results: Dict[str, List[LoopResult]],
           f"{loss_difference <= SAME_LOSSES_TOLERANCE})")
     print(f"in CPU seconds of this process: {cpu_overhead:+.2f} % (per repeat: "
           f"{', '.join(f'{100 * (r - 1):+.1f}' for r in cpu_ratios)})")
-    print(f"\ninstrumented step (median s per phase{', synchronised' if device.type == 'cuda' else ''}):")
-    for phase, seconds in phases.items():
-        print(f"  {phase:<20} {seconds:8.4f}  {100 * seconds / step_sum:5.1f} %")
-    print(f"  {'sum':<20} {step_sum:8.4f}")
-    memory = (f"peak CUDA memory allocated (ours): {max(r.peak_memory_mib for r in results['ours']):.0f} MiB"
-              if device.type == "cuda" else f"peak process RSS: {peak_rss:.0f} MiB")
-    print(memory)
+    _print_phases(phases, device, results, peak_rss)
 
     figures: Dict[str, Any] = {
         "backbone": args.backbone, "batch_size": args.batch_size, "size": list(size),
@@ -542,10 +556,28 @@ def report(args: argparse.Namespace, results: Dict[str, List[LoopResult]],
         figures["peak_memory_mib"] = round(max(r.peak_memory_mib for r in results["ours"]), 1)
         figures["bare_peak_memory_mib"] = round(max(r.peak_memory_mib for r in results["bare"]), 1)
     if args.variant != "none":
-        speedups = [bare.seconds / variant.seconds - 1
-                    for bare, variant in zip(results["bare"], results[args.variant])]
-        figures["variant"] = args.variant
-        figures["variant_speedup_percent"] = round(100 * statistics.median(speedups), 3)
-        print(f"{args.variant} on the bare step: {100 * statistics.median(speedups):+.2f} % "
-              f"images/s (per repeat: {', '.join(f'{100 * s:+.1f}' for s in speedups)})")
+        figures.update(_variant_figures(args.variant, results))
     return figures
+
+
+def _print_phases(phases: Dict[str, float], device: torch.device,
+                  results: Dict[str, List[LoopResult]], peak_rss: float) -> None:
+    """The instrumented step's phases and the peak memory."""
+    step_sum = sum(phases.values())
+    print(f"\ninstrumented step (median s per phase{', synchronised' if device.type == 'cuda' else ''}):")
+    for phase, seconds in phases.items():
+        print(f"  {phase:<20} {seconds:8.4f}  {100 * seconds / step_sum:5.1f} %")
+    print(f"  {'sum':<20} {step_sum:8.4f}")
+    memory = (f"peak CUDA memory allocated (ours): {max(r.peak_memory_mib for r in results['ours']):.0f} MiB"
+              if device.type == "cuda" else f"peak process RSS: {peak_rss:.0f} MiB")
+    print(memory)
+
+
+def _variant_figures(variant: str, results: Dict[str, List[LoopResult]]) -> Dict[str, Any]:
+    """Print and return the variant's speed-up over the bare step, per repeat."""
+    speedups = [bare.seconds / changed.seconds - 1
+                for bare, changed in zip(results["bare"], results[variant])]
+    print(f"{variant} on the bare step: {100 * statistics.median(speedups):+.2f} % "
+          f"images/s (per repeat: {', '.join(f'{100 * s:+.1f}' for s in speedups)})")
+    return {"variant": variant,
+            "variant_speedup_percent": round(100 * statistics.median(speedups), 3)}
