@@ -32,9 +32,8 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
-import maskdla.train as training
-from maskdla.bench.train import (add_step_arguments, check_arguments, clip_gradients,
-                                 rebuild, reference_optimizer, step_config, _to_device)
+from maskdla.bench.train import (add_step_arguments, clip_gradients, prepare_step, rebuild,
+                                 reference_optimizer, step_config, _to_device)
 from maskdla.config import TrainConfig
 from maskdla.data.synthetic import generate_corpus
 from maskdla.hooks import LOSS_NAMES
@@ -183,11 +182,7 @@ def attribute(events: Any) -> Dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
-    check_arguments(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = training.resolve_device(args.device)
-    amp = training.resolve_amp(args.amp, device)
+    device, amp = prepare_step(args)
     count = args.warmup + 2 * args.steps
     pages = count * args.batch_size
     with tempfile.TemporaryDirectory(prefix="maskdla-bench-profile-") as temporary:

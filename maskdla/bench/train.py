@@ -423,12 +423,17 @@ def step_config(args: argparse.Namespace, corpus: Path, out: Path, device: torch
         out=str(out), energy=False, device=str(device), stop_after_iterations=iterations)
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
+def prepare_step(args: argparse.Namespace) -> Tuple[torch.device, str]:
+    """Check the step flags, set ``--threads``; the device and the resolved ``--amp``."""
     check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = training.resolve_device(args.device)
-    amp = training.resolve_amp(args.amp, device)
+    return device, training.resolve_amp(args.amp, device)
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    device, amp = prepare_step(args)
     short, long = min(args.size), max(args.size)
     page_width = args.page_width or short
     iterations = args.warmup + args.steps + 1  # the batch after the window closes it
