@@ -16,7 +16,6 @@ themselves. The cost is memory: the process keeps its peak heap instead of retur
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 from typing import Optional
@@ -37,13 +36,15 @@ _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TO
 
 
 def _glibc() -> Optional[ctypes.CDLL]:
+    """The C library this process already runs on (no search: ctypes.util.find_library
+    would start ldconfig on every command), or None where it has no mallopt (musl)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "mallopt") else None  # musl has no mallopt
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
+    return libc if hasattr(libc, "mallopt") else None
 
 
 def keep_freed_memory() -> bool:

@@ -32,8 +32,8 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
-from maskdla.bench.train import (add_step_arguments, clip_gradients, prepare_step, rebuild,
-                                 reference_optimizer, step_config, _to_device)
+from maskdla.bench.train import (PHASES, add_step_arguments, clip_gradients, prepare_step,
+                                 rebuild, reference_optimizer, step_config, _to_device)
 from maskdla.config import TrainConfig
 from maskdla.data.synthetic import generate_corpus
 from maskdla.hooks import LOSS_NAMES
@@ -58,7 +58,6 @@ PARTS: Tuple[Tuple[str, str], ...] = (
     ("roi_heads", "RoI sampling, box and mask losses"),
 )
 SPAN_PREFIX = "maskdla.part::"
-STEP_PHASES = ("data wait", "host-to-device copy", "forward", "backward", "optimizer")
 #: operators that allocate, fill or copy memory rather than compute
 MEMORY_OPERATORS = frozenset({
     "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::zeros", "aten::zeros_like",
@@ -209,7 +208,7 @@ def report(args: argparse.Namespace, shares: Dict[str, Any], plain: List[float],
     """Print the tables (milliseconds per step); return the figures."""
     per_step = 1.0 / args.steps
     forward, backward, phases = shares["forward"], shares["backward"], shares["phases"]
-    step_ms = sum(phases.get(phase, 0.0) for phase in STEP_PHASES) * per_step
+    step_ms = sum(phases.get(phase, 0.0) for phase in PHASES) * per_step
     rows = [(label, forward.get(name, 0.0) * per_step, backward.get(name, 0.0) * per_step)
             for name, label in PARTS]
     rows.append((UNOWNED, forward.get(UNOWNED, 0.0) * per_step,
